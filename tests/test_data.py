@@ -9,10 +9,6 @@ from whale_kernel.data import (read_competition, read_bboxes, load_image, safe_l
 @pytest.fixture
 def comp(tmp_path): return _write_tiny(tmp_path/'comp')
 
-@pytest.fixture
-def wklog(caplog):
-    lg = logging.getLogger('whale_kernel'); lg.addHandler(caplog.handler); yield caplog; lg.removeHandler(caplog.handler)
-
 def test_happy_path(comp):
     c = read_competition(comp)
     assert c.ids == ['w_a','w_b','w_c'] and len(c.test) == 3 and c.train.fn.map(lambda f: Path(f).exists()).all()
