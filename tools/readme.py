@@ -1,0 +1,34 @@
+"""Write README.md from nbs/index.ipynb without quarto (nbdev_readme needs quarto, which cannot be installed offline).
+Markdown cells verbatim; code cells are hidden (the index shows no code); image outputs go to nbs/index_files/.
+    python tools/readme.py          # writes README.md
+    python tools/readme.py --check  # exits 1 if README.md is out of date"""
+import base64, json, sys
+from pathlib import Path
+
+root = Path(__file__).resolve().parents[1]
+
+def render():
+    nb = json.loads((root/'nbs'/'index.ipynb').read_text())
+    parts, imgs = [], {}
+    for i, c in enumerate(nb['cells']):
+        if c['cell_type'] == 'markdown':
+            parts.append(''.join(c['source']))
+        for o in c.get('outputs', []):
+            png = o.get('data', {}).get('image/png')
+            if png:
+                name = f'index_files/cell{i}.png'
+                imgs[name] = base64.b64decode(png)
+                parts.append(f'![]({"nbs/" + name})')
+    md = '\n\n'.join(parts) + '\n'
+    md = md.replace('\n> ', '\n> ', 1)
+    return md, imgs
+
+if __name__ == '__main__':
+    md, imgs = render()
+    if '--check' in sys.argv:
+        ok = (root/'README.md').exists() and (root/'README.md').read_text() == md
+        sys.exit(0 if ok else 1)
+    for name, b in imgs.items():
+        (root/'nbs'/name).parent.mkdir(parents=True, exist_ok=True); (root/'nbs'/name).write_bytes(b)
+    (root/'README.md').write_text(md)
+    print('wrote README.md')
