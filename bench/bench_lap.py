@@ -120,17 +120,18 @@ def bench_epochs(data, epochs=None):
     va = valid_split(train, seed=p.seed); ids = train.Id.values
     t = time.perf_counter()
     learn = fit_siamese(np.asarray(imgs), ids, np.flatnonzero(~va), np.flatnonzero(va & (ids != NEW_WHALE)), preset=p)
-    return dict(preset=p.name, size=list(p.siamese_size or p.size), n_train=int((~va).sum()), anchors=learn.mining.miner.n,
-                candidates=learn.mining.miner.m, fit_seconds=time.perf_counter() - t, threads=torch.get_num_threads(),
+    return dict(preset=p.name, size=list(p.siamese_size or p.size), n_train=int((~va).sum()), anchors=learn.lap_mining.miner.n,
+                candidates=learn.lap_mining.miner.m, fit_seconds=time.perf_counter() - t, threads=torch.get_num_threads(),
                 frozen=hasattr(learn, 'pooled'), epochs=p.siamese_epochs,
-                stats=learn.mining.stats, valid=[list(map(float, v[:3])) for v in learn.recorder.values])
+                stats=learn.lap_mining.stats, valid=[list(map(float, v[:3])) for v in learn.recorder.values])
 
 def machine():
     if torch.cuda.is_available(): return torch.cuda.get_device_name(0)
     return f'{os.cpu_count()}-core CPU dev box ({platform.processor() or platform.machine()}), no GPU, shared with other jobs'
 
 def write_md(cpu, gpu=None):
-    L = [f'# LAP and all-pairs scoring\n', f'Written by `bench/bench_lap.py` on {cpu["machine"]}, torch threads = {cpu["threads"]}.',
+    L = [f'# LAP and all-pairs scoring\n', f'Written by `bench/bench_lap.py` on {cpu["machine"]}; CPU sections with torch threads = '
+         f'{cpu.get("threads_scoring", cpu["threads"])} (LAP, scoring), {cpu.get("epochs", {}).get("threads", "-")} (epochs).',
          'Scoring: n = 15,697 synthetic features (d = 256, mid = 32); LAP: the mining cost of n photos of a long-tailed',
          'id set (same-whale cells masked), K = 0.25.\n']
     if 'lap' in cpu:
@@ -156,11 +157,14 @@ def write_md(cpu, gpu=None):
               'score = slicing (or computing) the score blocks the LAP asks for; lap = solver + masks + repairs; share = (refresh+score+lap)/epoch.\n',
               '| epoch | K | refresh s | score s | lap s | epoch s | mining share |', '|---|---|---|---|---|---|---|']
         for s in ep['stats']:
-            if not (s['refresh'] > 0 or s['epoch'] % 10 == 0 or s is ep['stats'][-1]): continue
+            if not (s.get('refreshed', s['refresh'] > 0.05) or s['epoch'] % 10 == 0 or s is ep['stats'][-1]): continue
             m = s['refresh'] + s['score'] + s['lap']
             L.append(f'| {s["epoch"]} | {s["k"]:.2f} | {s["refresh"]:.2f} | {s["score"]:.2f} | {s["lap"]:.3f} | {s.get("epoch_s", float("nan")):.1f} | {m / s.get("epoch_s", float("nan")):.1%} |')
         tot = sum(s.get('epoch_s', 0) for s in ep['stats']); mt = sum(s['refresh'] + s['score'] + s['lap'] for s in ep['stats'])
         L += ['', f'(Rows: every 10th epoch and each refresh.) Mean epoch {tot / len(ep["stats"]):.2f} s; mining {mt / tot:.1%} of the epochs\' time.', '']
+    if gpu: L += ['Notes: the GPU figures come from one `--gpu --quick` call on a lent card (torch ' + gpu.get('torch', '?') + '); naive was',
+                  'timed on 256 query rows and exact on 512, then scaled. The Triton and fast timings include copying the 15,697² float32',
+                  'result (985 MB) to host memory, which is most of their time. DESIGN.md quotes 36 s for its naive head on an H100.', '']
     RES.parent.mkdir(exist_ok=True); RES.write_text('\n'.join(L) + '\n')
     (RES.with_suffix('.json')).write_text(json.dumps(dict(cpu=cpu, gpu=gpu), indent=1, default=float))
     print(f'wrote {RES}')
@@ -183,6 +187,7 @@ if __name__ == '__main__':
         write_md(old['cpu'], json.loads(Path(a.merge_gpu).read_text())); sys.exit()
     torch.set_num_threads(a.threads)
     cpu = dict(old.get('cpu', {}), machine=machine(), threads=a.threads)
+    if 'scoring' not in a.skip: cpu['threads_scoring'] = a.threads
     if 'lap' not in a.skip: cpu['lap'] = bench_lap(a.n)
     if 'scoring' not in a.skip: cpu['scoring'] = bench_scoring(a.n, a.d, 'cpu', sub_naive=64, sub_exact=128, compile_exact=True)
     if 'epochs' not in a.skip:

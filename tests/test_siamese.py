@@ -151,16 +151,16 @@ def tiny_fit(tmp_path_factory):
 
 def test_fit_mines_and_checkpoints(tiny_fit):
     learn, imgs, ids, pre, path = tiny_fit
-    st = learn.mining.stats
-    assert [s['epoch'] for s in st] == [0, 1] and all(s['refresh'] > 0 for s in st)   # refreshed every epoch
+    st = learn.lap_mining.stats
+    assert [s['epoch'] for s in st] == [0, 1] and all(s['refreshed'] for s in st)   # refreshed every epoch
     assert (path / 'siamese.pth').exists()
-    assert len(learn.dls.train.dataset) == 2 * learn.mining.miner.n
+    assert len(learn.dls.train.dataset) == 2 * learn.lap_mining.miner.n
     assert not hasattr(learn, 'pooled')                                                 # weights=None: fine-tuned whole
 
 def test_fit_resumes(tiny_fit):
     learn, imgs, ids, pre, path = tiny_fit
     again = fit_siamese(imgs, ids, np.arange(15), preset=pre, path=path)
-    assert not hasattr(again.mining, 'stats') or again.mining.stats == []                 # nothing left to train
+    assert not hasattr(again.lap_mining, 'stats') or again.lap_mining.stats == []                 # nothing left to train
     torch.testing.assert_close(again.model.state_dict()['head.fc.weight'], learn.model.state_dict()['head.fc.weight'])
 
 def test_features_and_similarity(tiny_fit):
@@ -182,7 +182,7 @@ def test_fit_frozen_backbone():
                      siamese_size=(16, 32))
     learn = fit_siamese(imgs, ids, np.arange(15), preset=pre, freeze=1, k_start=1, k_end=0.5)
     assert learn.pooled[0] is imgs and learn.pooled[1].shape[:2] == (2, len(imgs))
-    assert [s['epoch'] for s in learn.mining.stats] == [0, 1, 2]
+    assert [s['epoch'] for s in learn.lap_mining.stats] == [0, 1, 2]
     f = siamese_features(learn, imgs)                                   # from the cache ...
     torch.testing.assert_close(f, siamese_features(learn, imgs.copy()), rtol=1e-4, atol=1e-4)   # ... = from the photos
     assert all(not p.requires_grad for p in learn.model.branch.backbone.parameters())
