@@ -4,7 +4,8 @@
                                                         # processes on a shared box disturb it least)
     python bench/bench_arcface.py recipes [--data DIR]  # validation and test MAP@5 of kNN and of ArcFace recipes on the
                                                         # synthetic default (GPU: about 10 s a recipe on an H100)
-    python bench/bench_arcface.py run [--data DIR]      # wall time and MAP@5 of `pipeline.run` with knn and with arcface
+    python bench/bench_arcface.py run [--data DIR] [--set arcface_epochs=6]
+                                                        # wall time and MAP@5 of `pipeline.run` with knn and with arcface
 Without --data the synthetic default (`make_synth(seed=42)`, what `whale-kernel run` makes) is written to a temp dir."""
 import argparse, json, os, platform, tempfile, time
 from pathlib import Path
@@ -116,12 +117,13 @@ def run_timed(a):
     d = synth(a.data); rows = []
     for models in (['knn'], ['arcface']):
         out = Path(tempfile.mkdtemp()); l0 = os.getloadavg()[0]; t = time.perf_counter()
-        s = run(d, out, models=models)
+        s = run(d, out, models=models, **a.overrides)
         rows.append((models[0], time.perf_counter()-t, s['valid'][models[0]], (s['test'] or {}).get(models[0]), l0, os.getloadavg()[0]))
     body = '\n'.join(f'| {m} | {w:.0f} | {v:.4f} | {t:.4f} | {l0:.1f} / {l1:.1f} |' for m,w,v,t,l0,l1 in rows)
     txt = f"""# `whale-kernel run` on the synthetic default, `cpu` preset
 
-{machine()}; data {d}; each run from an empty out dir (photo cache included, synthesis excluded).
+{machine()}; data {d}; preset overrides {a.overrides or 'none'}; each run from an empty out dir (photo cache
+included, synthesis excluded).
 The load average (other processes on a shared box) is given because it stretches wall time accordingly.
 
 | models | wall s | validation MAP@5 | test MAP@5 | load avg before / after |
@@ -133,5 +135,7 @@ The load average (other processes on a shared box) is given because it stretches
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(); ap.add_argument('mode', choices=['speed','recipes','run'])
     ap.add_argument('--data'); ap.add_argument('--threads', type=int, default=2); ap.add_argument('--reps', type=int, default=5)
+    ap.add_argument('--set', nargs='*', default=[], help='preset overrides for `run`, e.g. arcface_epochs=6')
     a = ap.parse_args(); a.load0 = f'{os.getloadavg()[0]:.2f}'; RES.mkdir(exist_ok=True)
+    a.overrides = {k:eval(v) for k,v in (o.split('=', 1) for o in a.set)}
     dict(speed=speed, recipes=recipes, run=run_timed)[a.mode](a)

@@ -213,3 +213,17 @@ def test_features_similarity_and_flip_tta():
     assert cs.shape == (5, 6) and cids == learn.dls.vocab
     full = torch.cat([learn.model.eval()(x) for x in __import__('whale_kernel.data', fromlist=['x']).img_batches(imgs[:5])]).detach()
     np.testing.assert_allclose(cs, full[:, :6].numpy(), atol=1e-5)
+
+# --- pipeline ---------------------------------------------------------------------------------------------------------
+
+def test_pipeline_runs_arcface(tmp_path):
+    "`whale-kernel run --models arcface` end to end on a tiny synthetic competition: the learner contract holds"
+    from whale_kernel.synth import make_synth
+    from whale_kernel.pipeline import run
+    from whale_kernel.metrics import check_submission
+    import pandas as pd
+    data = make_synth(tmp_path/'data', n_whales=8, seed=3, n_workers=1)
+    s = run(data, tmp_path/'out', models=['arcface'], size=(32,64), bs=8, emb_dim=16, arcface_epochs=1)
+    check_submission(tmp_path/'out'/'submission.csv', pd.read_csv(data/'solution.csv').Image)
+    assert 0 <= s['valid']['arcface'] <= 1 and 0 <= s['test']['arcface'] <= 1
+    assert (tmp_path/'out'/'models'/'arcface'/'arcface.pth').exists()
