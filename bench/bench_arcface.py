@@ -23,7 +23,8 @@ def synth(data):
     d = Path(tempfile.mkdtemp())/'synth'; make_synth(d, seed=42); return d
 
 def speed(a):
-    from whale_kernel.arcface import ArcFaceNet, ArcFaceLoss, arcface_splitter
+    from whale_kernel.arcface import ArcFaceNet, ArcFaceLoss
+    from whale_kernel.train import backbone_splitter as arcface_splitter
     from whale_kernel.backbone import create_backbone
     torch.set_num_threads(a.threads)
     bs, x, y = 32, torch.randn(32, 3, 128, 256), torch.randint(0, 440, (32,))
@@ -60,23 +61,19 @@ low-resolution half of the backbone (`learn.freeze_to(-2)`), `all` everything.
 """
     (RES/'arcface_speed.md').write_text(txt); print(txt)
 
-RECIPES = [('knn', {}),
-           ('arcface', dict(freeze_epochs=2, epochs=6, unfreeze='late')),
-           ('arcface', dict(freeze_epochs=2, epochs=6, unfreeze='late', flip=False)),
-           ('arcface', dict(freeze_epochs=2, epochs=8, unfreeze='late', min_per_id=2)),
-           ('arcface', dict(freeze_epochs=4, epochs=4, unfreeze='late')),
-           ('arcface', dict(freeze_epochs=2, epochs=3, unfreeze='all')),
-           ('arcface', dict(freeze_epochs=2, epochs=3, unfreeze='all', flip=False)),
-           ('arcface', dict(freeze_epochs=8, epochs=0)),
-           ('arcface', dict(freeze_epochs=2, epochs=12, unfreeze='all')),
-           ('arcface', dict(freeze_epochs=2, epochs=12, unfreeze='all', flip=False))]
+RECIPES = [('knn', {}),                                          # preset overrides of the cpu preset
+           ('arcface', dict(arcface_mode='frozen')),
+           ('arcface', dict(arcface_mode='frozen', arcface_lr=3e-3)),
+           ('arcface', dict(arcface_mode='frozen', dynamic_margin=False)),
+           ('arcface', dict(arcface_mode='finetune', arcface_unfreeze='late', arcface_steps=200)),
+           ('arcface', dict(arcface_mode='finetune', arcface_unfreeze='all', arcface_steps=200))]
 
 def recipes(a):
     from whale_kernel.core import get_preset
     from whale_kernel.data import NEW_WHALE, valid_split, read_competition, merge_duplicates, cache_images
-    from whale_kernel.backbone import reduce_by_id
+    from whale_kernel.metrics import reduce_by_id
     from whale_kernel.metrics import best_threshold, predict_top5, map5
-    from whale_kernel.pipeline import get_model
+    from whale_kernel.pipeline import MODELS
     d = synth(a.data); comp = read_competition(d); train = merge_duplicates(comp.train)
     imgs,_ = cache_images(train, (128,256), workers=os.cpu_count()); timgs,_ = cache_images(comp.test, (128,256), workers=os.cpu_count())
     tids = list(pd.read_csv(d/'solution.csv').set_index('Image').loc[comp.test.Image, 'Id'])
@@ -86,7 +83,7 @@ def recipes(a):
     gal, gtr, all_ids = np.flatnonzero(known), np.flatnonzero(known & ~is_valid), sorted(set(ids[known]))
     rows = []
     for name,kw in RECIPES:
-        fit, feats, sim = get_model(name); t = time.perf_counter()
+        m = MODELS[name]; fit, feats, sim = m.fit, m.features, m.similarity; t = time.perf_counter()
         model = fit(imgs, ids, tr, valid_idx=va[known[va]], preset=p, **kw)
         secs = time.perf_counter() - t
         ft, fq = feats(model, imgs, tta=True), feats(model, timgs, tta=True)

@@ -114,15 +114,15 @@ def bench_epochs(data, epochs=None):
     from whale_kernel.core import get_preset
     from whale_kernel.data import read_competition, merge_duplicates, cache_images, valid_split, NEW_WHALE
     from whale_kernel.siamese import fit_siamese
-    p = get_preset('cpu', siamese_size=(192, 384), siamese_epochs=epochs or 60)   # the cpu recipe (05_siamese)
+    p = get_preset('cpu', size=(128, 256), **({} if epochs is None else dict(siamese_epochs=(epochs, epochs))))   # the cpu recipe (05_siamese)
     comp = read_competition(data); train = merge_duplicates(comp.train)
     imgs, _ = cache_images(train, p.size, Path(data)/'..'/'bench_cache', name='train')
     va = valid_split(train, seed=p.seed); ids = train.Id.values
     t = time.perf_counter()
     learn = fit_siamese(np.asarray(imgs), ids, np.flatnonzero(~va), np.flatnonzero(va & (ids != NEW_WHALE)), preset=p)
-    return dict(preset=p.name, size=list(p.siamese_size or p.size), n_train=int((~va).sum()), anchors=learn.lap_mining.miner.n,
+    return dict(preset=p.name, size=list(p.size), n_train=int((~va).sum()), anchors=learn.lap_mining.miner.n,
                 candidates=learn.lap_mining.miner.m, fit_seconds=time.perf_counter() - t, threads=torch.get_num_threads(),
-                frozen=hasattr(learn, 'pooled'), epochs=p.siamese_epochs,
+                frozen=p.siamese_mode == 'frozen', epochs=p.siamese_epochs,
                 stats=learn.lap_mining.stats, valid=[list(map(float, v[:3])) for v in learn.recorder.values])
 
 def machine():
