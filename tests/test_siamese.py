@@ -1,12 +1,14 @@
 "Symmetric head, all-pairs scoring, pair batches and the Siamese learner (`whale_kernel.pairscore`, `whale_kernel.siamese`)"
-import os, subprocess, sys, textwrap
+import math, os, subprocess, sys, textwrap
 import numpy as np, pytest, torch
-from whale_kernel.core import get_preset
+from whale_kernel.core import TimeBudget
 from whale_kernel.data import NEW_WHALE
-from whale_kernel.lap import PairMiner
+from whale_kernel.train import pooled_views, load_checkpoint
+from whale_kernel.pipeline import quiet_bars
 from whale_kernel.pairscore import SymmetricHead, HeadFactors, scores_naive, scores_exact, scores_fast
 from whale_kernel.siamese import (SiameseBranch, SiameseNet, PairDL, pair_dls, valid_pairs, fit_siamese, siamese_features,
-                                  siamese_similarity, branch_features, pooled_cache, LapMining)
+                                  siamese_similarity, branch_features, imprint_head, imprint_siamese)
+from test_utils import toy_whales, tiny_preset, state, same_state
 
 torch.set_num_threads(1)
 
@@ -86,11 +88,7 @@ def test_triton_kernel_in_interpreter():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and 'ok' in r.stdout, r.stderr[-2000:]
 
-def _toy(n_ids=6, per_id=3, n_new=4, size=(16, 32), seed=0):
-    rng = np.random.default_rng(seed)
-    imgs = rng.integers(0, 255, (n_ids * per_id + n_new, *size, 3), dtype=np.uint8)
-    ids = np.array([f'w{i}' for i in range(n_ids) for _ in range(per_id)] + [NEW_WHALE] * n_new, dtype=object)
-    return imgs, ids
+def _toy(): return toy_whales(n_ids=6, per_id=3, n_new=4, size=(16, 32), noise=True)
 
 def test_pair_batches_layout():
     imgs, ids = _toy()
@@ -125,70 +123,107 @@ def test_valid_pairs():
 
 def test_pooled_pairs_and_features():
     imgs, ids = _toy()
-    br = SiameseBranch('resnet10t', weights=None, n_feats=8)
-    cache = pooled_cache(br, imgs, size=(24, 48))
-    assert cache.shape == (2, len(imgs), br.fc.in_features)
-    torch.testing.assert_close(cache[1], branch_features(br, imgs, size=(24, 48), pooled=True, flip=True))
+    br = SiameseBranch('resnet10t', weights=None, n_feats=8).eval()
+    pv = pooled_views(br.backbone, imgs, views=4)
+    assert pv.shape == (4, len(imgs), br.fc.in_features)
     pairs = np.array([[0, 1, 1], [2, 5, 0]])
-    x, y = PairDL(pairs, imgs=cache, bs=2).do_batch(list(pairs))
-    torch.testing.assert_close(x, cache[0, [0, 2, 1, 5]])
+    x, y = PairDL(pairs, imgs=pv, bs=2).do_batch(list(pairs))
+    torch.testing.assert_close(x, pv[0, [0, 2, 1, 5]])
     np.random.seed(1)
-    x, _ = PairDL(pairs, imgs=cache, bs=2, flip=True).do_batch(list(pairs))
-    for i, (a, b, _) in enumerate(pairs):   # the same view for both members of a pair
-        va = [v for v in (0, 1) if torch.equal(x[i], cache[v, a])]; vb = [v for v in (0, 1) if torch.equal(x[2 + i], cache[v, b])]
-        assert va == vb
-    # the branch's neck on pooled features = the branch on photos
-    torch.testing.assert_close(branch_features(br, cache[0]), branch_features(br, imgs, size=(24, 48)), rtol=1e-4, atol=1e-4)
+    for _ in range(5):
+        x, _ = PairDL(pairs, imgs=pv, bs=2, flip=True).do_batch(list(pairs))
+        for i, (a, b, _) in enumerate(pairs):   # both members of a pair mirrored, or neither: views of the same parity
+            va = [v for v in range(4) if torch.equal(x[i], pv[v, a])]; vb = [v for v in range(4) if torch.equal(x[2 + i], pv[v, b])]
+            assert len(va) == len(vb) == 1 and va[0] % 2 == vb[0] % 2
+    # the branch's neck on pooled features = the branch on photos, and on the sphere of radius √d
+    f = branch_features(br, pv[0])
+    torch.testing.assert_close(f, branch_features(br, imgs), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(f.norm(dim=1), torch.full((len(imgs),), math.sqrt(8)))
+    torch.testing.assert_close(branch_features(br, pv[1]), branch_features(br, imgs, flip=True), rtol=1e-4, atol=1e-4)
 
-@pytest.fixture(scope='module')
-def tiny_fit(tmp_path_factory):
-    imgs, ids = _toy(n_ids=5, per_id=3, n_new=3)
+def test_branch_features_in_eval_mode_whatever_the_mode():
+    imgs, _ = _toy()
+    br = SiameseBranch('resnet10t', weights=None, n_feats=8).train()
+    bn0 = br.bn.running_mean.clone()
+    f = branch_features(br, imgs)
+    assert br.training and torch.equal(br.bn.running_mean, bn0)                           # the model is left as it was
+    torch.testing.assert_close(f, branch_features(br.eval(), imgs), rtol=1e-4, atol=1e-4)
+
+def test_imprint_head_is_a_scaled_cosine():
+    h = imprint_head(SymmetricHead(16, 8), s=10., c=.2).eval()
+    x, y = torch.randn(30, 16), torch.randn(30, 16)
+    x, y = (torch.nn.functional.normalize(o, dim=1)*4 for o in (x, y))                    # on the sphere of radius √16
+    with torch.no_grad(): torch.testing.assert_close(h(x, y), 10*((x*y).sum(1)/16 - .2), rtol=1e-4, atol=1e-4)
+
+def test_imprint_siamese_separates_train_pairs():
+    imgs, ids = toy_whales(n_ids=5, per_id=3, n_new=0)
+    m = SiameseNet(SiameseBranch('resnet10t', weights=None, n_feats=8), SymmetricHead(8, 8)).eval()
+    pv = pooled_views(m.branch.backbone, imgs, views=1)[0]
+    same = np.array([[i, j] for i in range(15) for j in range(15) if i < j and ids[i] == ids[j]])
+    diff = np.array([[i, j] for i in range(15) for j in range(15) if i < j and ids[i] != ids[j]])
+    imprint_siamese(m, pv, same, diff, s=10.)
+    with torch.no_grad():
+        f = branch_features(m.branch, pv)
+        lg = lambda p: m.head(f[p[:, 0]], f[p[:, 1]])
+        cos = lambda p: (f[p[:, 0]]*f[p[:, 1]]).sum(1)/8
+        c = float((cos(same).mean() + cos(diff).mean())/2)
+        torch.testing.assert_close(lg(diff), 10*(cos(diff) - c), rtol=1e-4, atol=1e-4)   # ranks pairs like the cosine
+    assert lg(same).mean() > 0 > lg(diff).mean()                                          # centred between the two
+
+TR, VA = np.arange(18), np.arange(0, 15, 3)      # every photo trains; one photo of each whale also scores validation
+
+@pytest.fixture(scope='module', params=['frozen', 'finetune'])
+def tiny_fit(request, tmp_path_factory):
+    imgs, ids = toy_whales(n_ids=5, per_id=3, n_new=3, size=(16, 32), noise=True)
     path = tmp_path_factory.mktemp('siamese')
-    pre = get_preset('cpu', arch='resnet10t', weights=None, siamese_feats=8, siamese_epochs=2, bs=4, lap_every=1,
-                     siamese_size=(16, 32))
-    learn = fit_siamese(imgs, ids, np.arange(15), np.arange(15, 18), preset=pre, path=path, k_start=1, k_end=0.5)
-    return learn, imgs, ids, pre, path
+    kw = dict(preset=tiny_preset(siamese_mode=request.param, siamese_epochs=(2, 2), lap_every=1), k_start=1, k_end=0.5)
+    with quiet_bars(True): learn = fit_siamese(imgs, ids, TR, VA, path=path, **kw)
+    return learn, imgs, ids, path, kw
 
 def test_fit_mines_and_checkpoints(tiny_fit):
-    learn, imgs, ids, pre, path = tiny_fit
+    learn, imgs, ids, path, kw = tiny_fit
     st = learn.lap_mining.stats
     assert [s['epoch'] for s in st] == [0, 1] and all(s['refreshed'] for s in st)   # refreshed every epoch
-    assert (path / 'siamese.pth').exists()
     assert len(learn.dls.train.dataset) == 2 * learn.lap_mining.miner.n
-    assert not hasattr(learn, 'pooled')                                                 # weights=None: fine-tuned whole
+    ck = load_checkpoint(path/'siamese.pth')
+    assert (ck['stage'], ck['epoch']) == (learn.fit_log[-1]['stage'], 1)
+    frozen = kw['preset'].siamese_mode == 'frozen'
+    assert [o['stage'] for o in learn.fit_log] == (['neck'] if frozen else ['head', 'body'])
+    assert any(p.requires_grad for p in learn.model.branch.backbone.parameters()) != frozen
+    assert len(learn.selector.curve) == sum(len(o['secs']) for o in learn.fit_log) == (2 if frozen else 3)   # every epoch scored
+    assert learn.kept in ('step 0', 'epoch 0', 'epoch 1', 'epoch 2')
 
 def test_fit_resumes(tiny_fit):
-    learn, imgs, ids, pre, path = tiny_fit
-    again = fit_siamese(imgs, ids, np.arange(15), preset=pre, path=path)
-    assert not hasattr(again.lap_mining, 'stats') or again.lap_mining.stats == []                 # nothing left to train
-    torch.testing.assert_close(again.model.state_dict()['head.fc.weight'], learn.model.state_dict()['head.fc.weight'])
+    learn, imgs, ids, path, kw = tiny_fit
+    with quiet_bars(True): again = fit_siamese(imgs, ids, TR, VA, path=path, **kw)
+    assert again.fit_log == [] and again.kept == learn.kept                         # nothing left to train
+    assert same_state(state(again.model), state(learn.model))
 
 def test_features_and_similarity(tiny_fit):
-    learn, imgs, ids, pre, path = tiny_fit
+    learn, imgs, ids, path, kw = tiny_fit
     f = siamese_features(learn, imgs[:5], tta=False)
     assert f.shape == (5, 8) and f.device.type == 'cpu'
     ft = siamese_features(learn, imgs[:5])
     assert ft.shape == (5, 16)
     torch.testing.assert_close(ft[:, :8], f)
+    fm = siamese_features(learn, imgs[:5, :, ::-1].copy())
+    torch.testing.assert_close(torch.cat([fm[:, 8:], fm[:, :8]], 1), ft, rtol=1e-4, atol=1e-4)   # the mirror swaps the views
+    torch.testing.assert_close(siamese_features(learn, imgs, idxs=[4, 2]), siamese_features(learn, imgs[[4, 2]]), rtol=1e-4, atol=1e-4)
     s = siamese_similarity(learn, ft[:2], ft)
     assert s.shape == (2, 5) and s.dtype == np.float32
-    p = siamese_similarity(learn, ft[:2], ft, prob=True)
-    assert ((p >= 0) & (p <= 1)).all()
+    np.testing.assert_allclose(siamese_similarity(learn, ft[:2], ft, prob=True), 1/(1 + np.exp(-s)), rtol=1e-5)
+    ex = siamese_similarity(learn, ft[:2], ft, method='exact')
+    np.testing.assert_allclose(ex, siamese_similarity(learn, ft[:2], ft, method='naive'), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match='method'): siamese_similarity(learn, ft, ft, method='magic')
 
-def test_fit_frozen_backbone():
-    imgs, ids = _toy(n_ids=5, per_id=3, n_new=3)
-    pre = get_preset('cpu', arch='resnet10t', weights=None, siamese_feats=8, siamese_epochs=3, bs=4, lap_every=1,
-                     siamese_size=(16, 32))
-    learn = fit_siamese(imgs, ids, np.arange(15), preset=pre, freeze=1, k_start=1, k_end=0.5)
-    assert learn.pooled[0] is imgs and learn.pooled[1].shape[:2] == (2, len(imgs))
-    assert [s['epoch'] for s in learn.lap_mining.stats] == [0, 1, 2]
-    f = siamese_features(learn, imgs)                                   # from the cache ...
-    torch.testing.assert_close(f, siamese_features(learn, imgs.copy()), rtol=1e-4, atol=1e-4)   # ... = from the photos
-    assert all(not p.requires_grad for p in learn.model.branch.backbone.parameters())
+def test_budget_stops_training():
+    imgs, ids = toy_whales(n_ids=5, per_id=3, n_new=3, size=(16, 32), noise=True)
+    with quiet_bars(True):
+        learn = fit_siamese(imgs, ids, TR, VA, preset=tiny_preset(siamese_epochs=(5, 5)), budget=TimeBudget(0))
+    assert learn.halted == 'budget' and len(learn.fit_log[0]['secs']) == 1
 
 def test_fit_bad_input():
     imgs, ids = _toy()
-    with pytest.raises(ValueError, match='photos but'): fit_siamese(imgs, ids[:-1], np.arange(5))
+    with pytest.raises(ValueError, match='photos but'): fit_siamese(imgs, ids[:-1], np.arange(5), preset=tiny_preset())
     with pytest.raises(ValueError, match='no whale has two'):
-        fit_siamese(imgs, np.array([NEW_WHALE] * len(imgs)), np.arange(len(imgs)))
+        fit_siamese(imgs, np.array([NEW_WHALE] * len(imgs)), np.arange(len(imgs)), preset=tiny_preset())

@@ -12,12 +12,12 @@ import numpy as np, pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 # %% auto #0
-__all__ = ['NEW_WHALE', 'TEX', 'SEA', 'TAIL', 'rng_for', 'smooth_noise', 'fractal_noise', 'whale_pattern', 'Whale', 'make_whale',
+__all__ = ['TEX', 'SEA', 'TAIL', 'rng_for', 'smooth_noise', 'fractal_noise', 'whale_pattern', 'Whale', 'make_whale',
            'fluke_edges', 'make_scene', 'sea', 'homography', 'render_photo', 'long_tail_counts', 'plan_competition',
            'make_synth', 'synth_summary']
 
 # %% ../nbs/02_synth.ipynb #fa7f6930
-NEW_WHALE = 'new_whale'
+from .core import NEW_WHALE   # (core is light: no torch, no fastai at import)
 
 def rng_for(seed:int, *keys:int) -> np.random.Generator:
     "An independent numpy `Generator` for `seed` and the integer `keys`"
