@@ -169,3 +169,13 @@ def test_cli_run_bad_data_exits_with_reason(tmp_path, capsys):
     assert main(['run', '--data', str(tmp_path/'d'), '--out', str(tmp_path/'o')]) == 2
     err = capsys.readouterr().err
     assert 'train.csv: file not found' in err and str(tmp_path/'d') in err
+
+def test_box_scale_tta_crops_the_test_photos_three_ways(tiny_data, tmp_path):
+    "With boxes (the synthetic set has them) the test photos are also cached at two more margins, and scored from all three"
+    s = run(tiny_data, tmp_path/'on', models=['knn'], pixels=32*64, quiet=True)
+    on = sorted(p.name.split('_')[1] for p in (tmp_path/'on'/'cache').glob('test_m*.npy') if '.ok.' not in p.name)
+    assert on == ['m0.0', 'm0.15'], on
+    run(tiny_data, tmp_path/'off', models=['knn'], pixels=32*64, quiet=True, box_tta=False)
+    assert not list((tmp_path/'off'/'cache').glob('test_m*.npy'))
+    a,b = (pd.read_csv(tmp_path/d/'submission.csv') for d in ('on', 'off'))
+    assert (a.Image == b.Image).all() and s['n_test'] == len(a)

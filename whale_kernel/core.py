@@ -60,6 +60,7 @@ class Preset:
     dynamic_margin:bool = True         # per-class margins from class sizes (Happywhale's winner)
     # Siamese
     siamese_mode:str = 'frozen'        # 'frozen': neck + head on cached backbone features; 'finetune': the whole net
+    siamese_arch:str|None = 'efficientnet_lite2'   # the Siamese branch's backbone (None: `arch`): another than ArcFace's makes a more diverse blend
     siamese_steps:int = 600
     siamese_epochs:tuple = (10, 80)
     siamese_lr:float = 1e-3
@@ -73,6 +74,7 @@ class Preset:
     min_per_id:int = 4                 # oversample so each id is seen at least N times per epoch
     reduce:str = 'max'                 # image scores -> id scores: 'max' or 'mean'
     tta:bool = True                    # horizontal-flip test-time augmentation
+    box_tta:bool = True                # with boxes: test photos also cropped at two other box margins (the seed's scale jitter)
     mixed_precision:bool = True        # bf16 (fp16 with loss scaling where bf16 is slow), only on CUDA
     channels_last:bool = True          # only on CUDA
     time_budget:float|None = None      # minutes for the whole run; None means unlimited
@@ -93,10 +95,10 @@ class Preset:
 PRESETS = dict(
     cpu = Preset(),
     kaggle = Preset(name='kaggle', arch='efficientnet_lite2', weights='offline', pixels=256*512, bs=48, workers=4,
-                    views=1, arcface_mode='finetune', arcface_steps=30_000, arcface_epochs=(8, 60), emb_dim=512,
+                    views=1, siamese_arch=None, arcface_mode='finetune', arcface_steps=30_000, arcface_epochs=(8, 60), emb_dim=512,
                     siamese_mode='finetune', siamese_steps=20_000, siamese_epochs=(8, 60), siamese_feats=512,
                     lap_blocks=4, patience=8, time_budget=11*60),
-    full = Preset(name='full', arch='resnext101_32x8d', weights=None, size=(256,768), bs=64, workers=8, views=1,
+    full = Preset(name='full', arch='resnext101_32x8d', weights=None, size=(256,768), bs=64, workers=8, views=1, siamese_arch=None,
                   arcface_mode='finetune', arcface_steps=100_000, arcface_epochs=(20, 200), emb_dim=512,
                   arcface_s=65., arcface_m=0.5, siamese_mode='finetune', siamese_steps=60_000, siamese_epochs=(20, 200),
                   siamese_feats=512, lap_blocks=4, patience=20),

@@ -39,17 +39,18 @@ MODELS = {s.name: s for s in [ModelSpec('knn', fit_knn, knn_features, knn_simila
 
 # %% ../nbs/07_pipeline.ipynb #f8a200c2
 def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames, path=None, budget=None, cache_dir=None) -> ModelScores:
-    "Fit model `name` on the non-validation rows of `imgs`, then score validation and test photos against the gallery"
+    "Fit model `name` on the non-validation rows of `imgs`, then score validation and test photos (`timgs`, or a list of crops of them) against the gallery"
     t0 = time.monotonic(); spec = MODELS[name]; p = preset
     ids = np.asarray(ids, dtype=object); known = ids != NEW_WHALE
     tr, va = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
     model = spec.fit(imgs, ids, tr, valid_idx=va[known[va]], preset=p, path=path, budget=budget, cache_dir=cache_dir,
                      reserve=0.1*budget.left if budget is not None and math.isfinite(budget.left) else 0.)
-    ft, fq = spec.features(model, imgs, tta=p.tta), spec.features(model, timgs, tta=p.tta)
+    ft = spec.features(model, imgs, tta=p.tta)
     gal, gtr = np.flatnonzero(known), np.flatnonzero(known & ~is_valid)
     all_ids = sorted(set(ids[known]))
     sv,_ = reduce_by_id(spec.similarity(model, ft[va], ft[gtr]), ids[gtr], all_ids, p.reduce)
-    st,_ = reduce_by_id(spec.similarity(model, fq, ft[gal]), ids[gal], all_ids, p.reduce)
+    st = np.mean([reduce_by_id(spec.similarity(model, spec.features(model, t, tta=p.tta), ft[gal]), ids[gal], all_ids, p.reduce)[0]
+                  for t in (timgs if isinstance(timgs, list) else [timgs])], 0)   # TTA over the test crops
     sel = getattr(model, 'selector', None)
     info = dict(kept=getattr(model, 'kept', None), curve=[] if sel is None else [round(float(c), 4) for c in sel.curve],
                 step0=None if sel is None or sel.base is None else round(float(sel.base.mean()), 4),
@@ -105,6 +106,9 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
         train = train[ok].reset_index(drop=True); imgs = np.asarray(imgs)[ok]
     timgs, tok = cache_images(comp.test, size, cache, workers=max(p.workers, 2), name='test', equalize=p.equalize)
     if not tok.all(): log.warning(f'{(~tok).sum()} unreadable test photo(s) predicted from a grey placeholder')
+    if p.box_tta and comp.test.x0.notna().any():   # the seed's box-scale TTA: the box at its margin and two others
+        timgs = [timgs] + [cache_images(comp.test, size, cache, margin=m, workers=max(p.workers, 2), name=f'test_m{m}',
+                                        equalize=p.equalize)[0] for m in (0., 0.15)]
     is_valid = valid_split(train, seed=p.seed)
     vnames, tnames = list(train.Image[is_valid]), list(comp.test.Image)
     ids = train.Id.values.astype(object)
@@ -151,7 +155,7 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
                    blend=ens.info.get('weights') and dict(weights=ens.info['weights'], alpha=ens.info['alpha']),
                    test=({k: round(v, 4) for k,v in test_maps.items()} or None))
     from whale_kernel.report import report
-    report(out, res, ens, summary, train=train, imgs=imgs, timgs=timgs)
+    report(out, res, ens, summary, train=train, imgs=imgs, timgs=timgs[0] if isinstance(timgs, list) else timgs)
     if test_maps: print(f'test MAP@5 against {sol}: ' + ', '.join(f'{k} {v:.4f}' for k,v in test_maps.items()))
     print(f'wrote {out/"submission.csv"} ({len(comp.test)} rows) in {summary["total_secs"]:.0f}s')
     print(f'validation MAP@5 = {ens.map_valid:.4f}')

@@ -261,8 +261,9 @@ def fit_siamese(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     frozen = p.siamese_mode == 'frozen'
     miner = PairMiner(ids, train_idx, extra=extra, seed=p.seed)
-    model = siamese_model(p.arch, p.weights, p.siamese_feats).to(dev)
-    info = dict(frozen=frozen, cache_dir=cache_dir, tag=weights_tag(p.arch, p.weights), aug_kw=preset_aug(p), seed=p.seed)
+    arch = p.siamese_arch or p.arch
+    model = siamese_model(arch, p.weights, p.siamese_feats).to(dev)
+    info = dict(frozen=frozen, cache_dir=cache_dir, tag=weights_tag(arch, p.weights), aug_kw=preset_aug(p), seed=p.seed)
     pv = pooled_views(model.branch.backbone, imgs, views=p.views if frozen else 2, aug_kw=info['aug_kw'],
                       cache_dir=cache_dir, tag=info['tag'], seed=p.seed)
     first = miner.epoch_pairs(k=k_start, record=False)
@@ -282,6 +283,6 @@ def fit_siamese(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     select = SelectBest(score, patience=p.patience, z=p.select_z) if len(va) else None
     stages = ([Stage('neck', ep, p.siamese_lr, 'backbone')] if frozen else
               [Stage('head', 1, p.siamese_lr, 'backbone'), Stage('body', ep, slice(p.siamese_lr/10, p.siamese_lr))])
-    meta = dict(arch=p.arch, mode=p.siamese_mode, size=list(imgs.shape[1:3]), n_feats=p.siamese_feats,
+    meta = dict(arch=arch, mode=p.siamese_mode, size=list(imgs.shape[1:3]), n_feats=p.siamese_feats,
                 n=int(miner.n), steps=p.siamese_steps, seed=p.seed)
     return fit_stages(learn, stages, None if path is None else Path(path)/'siamese.pth', budget, reserve, select, meta)
