@@ -113,7 +113,7 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
     vnames, tnames = list(train.Image[is_valid]), list(comp.test.Image)
     ids = train.Id.values.astype(object)
     t_data = time.monotonic() - t0
-    res, subs = [], {}
+    res, subs, ens = [], {}, None
     with quiet_bars(quiet):
         for i,name in enumerate(models):
             fp = _fingerprint(__version__, name, dataclasses.asdict(p), list(size), list(train.Image), list(train.Id), tnames, is_valid.tolist())
@@ -134,10 +134,9 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
             print(f'{name}: validation MAP@5 = {s.map_valid:.4f} (kept {s.info.get("kept") or "-"}, {s.secs:.0f}s)', flush=True)
             res.append(s)
             subs[name] = write_submission(out/f'submission_{name}.csv', tnames, predict_top5(s.pt, s.test.ids, s.thr))
-            cur = blend(res)
-            write_submission(out/'submission.csv', tnames, predict_top5(cur.pt, cur.test.ids, cur.thr))
+            ens = blend(res)                          # the blend of what has finished so far
+            write_submission(out/'submission.csv', tnames, predict_top5(ens.pt, ens.test.ids, ens.thr))
     if not res: raise RuntimeError('no model finished, so there is no submission; see the errors above')
-    ens = blend(res)
     if len(res) > 1:
         print(f'blend: validation MAP@5 = {ens.map_valid:.4f} (weights {ens.info["weights"]}, alpha {ens.info["alpha"]})', flush=True)
     test_maps = {}
