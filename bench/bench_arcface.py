@@ -65,8 +65,9 @@ RECIPES = [('knn', {}),                                          # preset overri
            ('arcface', dict(arcface_mode='frozen')),
            ('arcface', dict(arcface_mode='frozen', arcface_lr=3e-3)),
            ('arcface', dict(arcface_mode='frozen', dynamic_margin=False)),
-           ('arcface', dict(arcface_mode='finetune', arcface_unfreeze='late', arcface_steps=200)),
-           ('arcface', dict(arcface_mode='finetune', arcface_unfreeze='all', arcface_steps=200))]
+           ('arcface', dict(arcface_mode='auto')),                # frozen, then a late-half fine-tune if validation gains
+           ('arcface', dict(arcface_mode='finetune', arcface_unfreeze='late', arcface_ft_steps=200)),
+           ('arcface', dict(arcface_mode='finetune', arcface_unfreeze='all', arcface_ft_steps=200))]
 
 def recipes(a):
     from whale_kernel.core import get_preset

@@ -148,8 +148,8 @@ def project(res, p, a) -> dict:
     dev = device_name()
     r = a.t4_ratio or (0.07 if 'H200' in dev else 0.1)
     t4 = 1 / (r * a.ddp_scale) if cuda() else None
-    def epochs(kind):
-        e = getattr(p, f'{kind}_epochs'); steps = getattr(p, f'{kind}_steps', None)
+    def epochs(kind, knob=None):       # the fine-tune's epochs: ArcFace's frozen neck stage runs on cached features, seconds
+        knob = knob or kind; e = getattr(p, f'{knob}_epochs'); steps = getattr(p, f'{knob}_steps', None)
         if isinstance(e, (tuple, list)):
             per = max(1, int((c['arcface_rows'] if kind == 'arcface' else 2 * c['siamese_anchors']) * s) // p.bs)
             return int(np.clip(math.ceil(steps / per), *e)) if steps else int(e[1])
@@ -158,7 +158,7 @@ def project(res, p, a) -> dict:
     for variant in ('default', 'tuned'):
         arc, sia = res['train_img_s']['arcface'].get(variant), res['train_img_s']['siamese'].get(variant)
         if not isinstance(arc, float) or not isinstance(sia, float): continue
-        ea, es = epochs('arcface') + getattr(p, 'arcface_freeze_epochs', 0), epochs('siamese')
+        ea, es = epochs('arcface', 'arcface_ft' if hasattr(p, 'arcface_ft_epochs') else 'arcface') + getattr(p, 'arcface_freeze_epochs', 0), epochs('siamese')
         arc_ep = c['arcface_rows'] * s / arc
         sia_ep = 4 * c['siamese_anchors'] * s / sia
         lap = res['lap']['lap_s']

@@ -195,7 +195,7 @@ TR, VA = np.arange(21), np.arange(0, 18, 3)       # all photos train; one photo 
 def frozen(tmp_path_factory):
     imgs, ids = toy_whales(noise=False)
     path = tmp_path_factory.mktemp('arcface')
-    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), path=path, arcface_epochs=(3, 3))
+    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(arcface_mode='frozen'), path=path, arcface_epochs=(3, 3))
     return learn, imgs, ids, path
 
 def test_fit_frozen(frozen):
@@ -209,10 +209,10 @@ def test_fit_frozen(frozen):
 
 def test_fit_frozen_resumes_finished_and_refuses_other_data(frozen, wklog):
     learn, imgs, ids, path = frozen
-    with quiet_bars(True): again = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), path=path, arcface_epochs=(3, 3))
+    with quiet_bars(True): again = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(arcface_mode='frozen'), path=path, arcface_epochs=(3, 3))
     assert again.fit_log == [] and again.kept == learn.kept                   # finished: trains nothing, same choice
     assert same_state(state(again.model), state(learn.model))
-    with quiet_bars(True): other = fit_arcface(imgs, ids, TR[ids[TR] != 'w0'], preset=tiny_preset(), path=path, arcface_epochs=(2, 2))
+    with quiet_bars(True): other = fit_arcface(imgs, ids, TR[ids[TR] != 'w0'], preset=tiny_preset(arcface_mode='frozen'), path=path, arcface_epochs=(2, 2))
     assert 'checkpoint is for another run' in wklog.text and len(other.fit_log[0]['secs']) == 2
 
 def test_features_similarity_and_flip_tta(frozen):
@@ -234,10 +234,44 @@ def test_budget_stops_training():
     with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), budget=TimeBudget(0), arcface_epochs=(5, 5))
     assert learn.halted == 'budget' and len(learn.fit_log[0]['secs']) == 1
 
+def _thawed(learn):
+    bb = [p.requires_grad for p in learn.model.backbone.parameters()]
+    return any(bb), all(bb)
+
+@pytest.mark.parametrize('z', [1e9, -1e9])
+def test_fit_auto_keeps_the_fine_tune_only_when_validation_says_so(z, tmp_path):
+    "'auto': the frozen result is the fine-tune's step 0; an impossible bar keeps it, a bar anyone clears keeps the fine-tune"
+    imgs, ids = toy_whales()
+    kw = dict(preset=tiny_preset(select_z=z), path=tmp_path, cache_dir=tmp_path/'cache', arcface_epochs=(2, 2), arcface_ft_epochs=(2, 2))
+    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, **kw)
+    assert [(o['stage'], len(o['secs'])) for o in learn.fit_log] == [('neck', 2), ('thaw', 2)]
+    assert len(learn.selectors) == 2 and [len(o.curve) for o in learn.selectors] == [2, 2]
+    neck = learn.selectors[0]
+    if z > 0:                                     # fine-tune not kept: the frozen model, scored from the feature cache
+        assert learn.kept == 'step 0 (fine-tune not kept)' and learn.wk['frozen']
+        torch.testing.assert_close(state(learn.model)['head.weight'], neck.base_sd['head.weight'])
+        assert not any(_thawed(learn))
+    else:                                         # fine-tune kept: the late half of the backbone trained, photos go through it
+        assert learn.kept.startswith('epoch') and ', then fine-tune epoch' in learn.kept and not learn.wk['frozen']
+        assert _thawed(learn) == (True, False)    # `arcface_unfreeze='late'`: the early layers stay frozen
+        assert load_checkpoint(tmp_path/'arcface_thaw.pth')['stage'] == 'thaw'
+    f = arcface_features(learn, imgs[:3], tta=False)
+    assert f.shape == (3, 16) and torch.isfinite(f).all()
+    with quiet_bars(True): again = fit_arcface(imgs, ids, TR, VA, **kw)      # both phases finished: nothing trains
+    assert again.fit_log == [] and again.kept == learn.kept and again.wk['frozen'] == learn.wk['frozen']
+    torch.testing.assert_close(arcface_features(again, imgs[:3], tta=False), f)
+
+def test_fit_auto_without_validation_or_time_stays_frozen(wklog):
+    imgs, ids = toy_whales()
+    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, None, preset=tiny_preset(), arcface_epochs=(2, 2))
+    assert [o['stage'] for o in learn.fit_log] == ['neck'] and learn.wk['frozen'] and 'no validation rows' in wklog.text
+    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), budget=TimeBudget(0.5), arcface_epochs=(2, 2))
+    assert [o['stage'] for o in learn.fit_log] == ['neck'] and 'no time to fine-tune' in wklog.text
+
 def test_fit_finetune():
     imgs, ids = toy_whales()
     with quiet_bars(True):
-        learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), arcface_mode='finetune', arcface_epochs=(2, 2), arcface_freeze_epochs=1)
+        learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), arcface_mode='finetune', arcface_ft_epochs=(2, 2), arcface_freeze_epochs=1)
     assert [(o['stage'], len(o['secs'])) for o in learn.fit_log] == [('head', 1), ('body', 2)]
     assert all(p.requires_grad for p in learn.model.backbone.parameters())
     f, fm = arcface_features(learn, imgs[:4]), arcface_features(learn, imgs[:4, :, ::-1].copy())

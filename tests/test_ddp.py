@@ -20,7 +20,7 @@ def _competition(path, n_whales=4, per_whale=3, n_new=2, hw=(40, 80)):
 def _sets():
     "Preset overrides for one quick epoch of the whole ArcFace network (only those fields this version has)"
     from whale_kernel.core import Preset
-    want = dict(arcface_mode='finetune', arcface_epochs='[1,1]', arcface_freeze_epochs=0, bs=4, weights='null', workers=0)
+    want = dict(arcface_mode='finetune', arcface_ft_epochs='[1,1]', arcface_freeze_epochs=0, bs=4, weights='null', workers=0)
     have = {f.name for f in fields(Preset)}
     return [f'{k}={v}' for k,v in want.items() if k in have]
 

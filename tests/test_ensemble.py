@@ -2,7 +2,7 @@
 import numpy as np, pytest
 from whale_kernel.data import NEW_WHALE
 from whale_kernel.metrics import best_threshold, query_aps
-from whale_kernel.ensemble import ScoreMatrix, calibrate, to_prob, ModelScores, power_mean, blend
+from whale_kernel.ensemble import ScoreMatrix, calibrate, to_prob, ModelScores, power_mean, blend, topk_mean, csls
 
 IDS = [f'w{i:02d}' for i in range(15)]
 
@@ -138,3 +138,25 @@ def test_blend_of_one_and_bad_splits():
     assert blend([a]) is a
     other = _model('b', 2., 1, truth=_truth(seed=5))
     with pytest.raises(ValueError, match='another validation split'): blend([a, other])
+
+# --- re-ranking -------------------------------------------------------------------------------------------------------
+
+def test_topk_mean_against_sorting():
+    s = np.random.default_rng(0).normal(size=(7, 12)).astype(np.float32)
+    np.testing.assert_allclose(topk_mean(s, 3), np.sort(s, 1)[:, -3:].mean(1), rtol=1e-6)
+    np.testing.assert_allclose(topk_mean(s, 4, axis=0), np.sort(s, 0)[-4:].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(topk_mean(s, 50), s.mean(1), rtol=1e-5)           # fewer than k: all of them
+    assert topk_mean(np.zeros((0, 5)), 3, axis=0).shape == (5,) and topk_mean(np.zeros((4, 0)), 3).shape == (4,)
+
+def test_csls_demotes_a_hub_and_is_the_identity_at_beta_0():
+    "A gallery photo near every query (a hub) wins each row by raw similarity; CSLS hands each query its own match"
+    rng = np.random.default_rng(1)
+    own = rng.uniform(0.1, 0.3, (6, 6)).astype(np.float32); np.fill_diagonal(own, 0.65)          # query i is photo i's whale
+    s = np.c_[own, np.full((6, 1), 0.72, np.float32)]                                         # photo 6: the hub
+    assert (s.argmax(1) == 6).all() and not (own.argmax(1) != np.arange(6)).any()
+    r = csls(s, topk_mean(s, 2), topk_mean(s, 2, axis=0))
+    assert (r.argmax(1) == np.arange(6)).all() and r.dtype == np.float32
+    np.testing.assert_array_equal(csls(s, topk_mean(s, 2), topk_mean(s, 2, axis=0), beta=0.), s)
+    # the query term shifts a whole row: ranks within the row do not change, only the row's level (new_whale threshold)
+    r_g0 = np.zeros(7, np.float32)
+    assert (np.argsort(-csls(s, topk_mean(s, 2), r_g0), 1) == np.argsort(-s, 1)).all()

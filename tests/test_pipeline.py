@@ -14,7 +14,7 @@ from test_utils import write_comp, copy_comp, photo_names, cli_with_preset, quie
 torch.set_num_threads(1)
 
 # the cpu recipe shrunk to seconds: 32x64 inputs, two cached views; no early stop, so training lasts its planned epochs
-TINY = dict(pixels=32*64, views=2, patience=1000, arcface_epochs=(30, 30), siamese_epochs=(12, 12))
+TINY = dict(pixels=32*64, views=2, siamese_views=2, patience=1000, arcface_epochs=(30, 30), arcface_ft_epochs=(3, 3), siamese_epochs=(12, 12))
 
 def test_registry_is_the_cli_choice():
     assert tuple(MODELS) == MODEL_NAMES and all(MODELS[k].name == k for k in MODELS)
@@ -179,3 +179,29 @@ def test_box_scale_tta_crops_the_test_photos_three_ways(tiny_data, tmp_path):
     assert not list((tmp_path/'off'/'cache').glob('test_m*.npy'))
     a,b = (pd.read_csv(tmp_path/d/'submission.csv') for d in ('on', 'off'))
     assert (a.Image == b.Image).all() and s['n_test'] == len(a)
+
+# --- re-ranking and pseudo-labels: switched on by validation only (issue 8 item 6) ------------------------------------
+
+@pytest.fixture(scope='module')
+def knn_inputs(tiny_data):
+    from whale_kernel.data import read_competition, merge_duplicates, cache_images, valid_split
+    comp = read_competition(tiny_data); train = merge_duplicates(comp.train)
+    imgs, _ = cache_images(train, (32, 64)); timgs, _ = cache_images(comp.test, (32, 64))
+    isv = valid_split(train, seed=0)
+    return imgs, train.Id.values.astype(object), isv, timgs, list(train.Image[isv]), list(comp.test.Image)
+
+def _knn_scores(knn_inputs, **kw):
+    from whale_kernel.pipeline import score_model
+    imgs, ids, isv, timgs, vn, tn = knn_inputs
+    return score_model('knn', imgs, ids, isv, [timgs, timgs[:, :, ::-1].copy()], get_preset('cpu', **{**TINY, **kw}), vn, tn)
+
+def test_extras_only_when_validation_says_so(knn_inputs, wklog):
+    plain = _knn_scores(knn_inputs, rerank=False, pseudo=False)
+    assert plain.info['rerank'] == 0 and plain.info['pseudo'] is None and 'best extra' not in wklog.text
+    never = _knn_scores(knn_inputs, select_z=1e9)                       # no gain clears this bar: the plain scores
+    assert 'not kept' in wklog.text and never.info['rerank'] == 0 and never.info['pseudo'] is None
+    np.testing.assert_array_equal(never.test.values, plain.test.values)
+    always = _knn_scores(knn_inputs, select_z=-1e9, pseudo_conf=(0.,))   # any candidate clears it: the best one on validation
+    assert always.info['rerank'] in PRESETS['cpu'].rerank_beta or always.info['pseudo']['conf'] == 0.
+    assert not np.array_equal(always.test.values, plain.test.values)
+    if always.info['pseudo']: assert always.info['pseudo']['n'] > 0

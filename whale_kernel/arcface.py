@@ -224,7 +224,7 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     trw = np.arange(len(imgs))        # the whitening uses no label: every photo helps it, new_whale and held-out ones too
     n = len(vocab); pos = {v:i for i,v in enumerate(vocab)}
     labels = np.array([pos.get(o, -1) for o in ids])
-    frozen = p.arcface_mode == 'frozen'
+    frozen = p.arcface_mode != 'finetune'           # 'auto' starts frozen
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     model = arcface_model(p.arch, p.weights, n, p.emb_dim, p.arcface_k, pool='avg' if frozen else 'gem').to(dev)
     info = dict(frozen=frozen, cache_dir=cache_dir, tag=weights_tag(p.arch, p.weights), aug_kw=preset_aug(p), seed=p.seed, vocab=vocab)
@@ -237,27 +237,43 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
         P = torch.cat(f.chunk(2, 1)); fl = np.repeat([False, True], len(tr)); W = None
     imprint(model, P, np.tile(labels[tr], len(P)//len(tr)), n, fl, white=W)
     rows = oversample(tr, ids, p.min_per_id)
+    photo_dls = lambda: array_dls(imgs, ids, rows, va, vocab=vocab, bs=p.bs, workers=p.workers, device=dev, aug_kw=info['aug_kw'])
     if frozen:
         dls = DataLoaders(ViewDL(rows, pv=pv, labels=labels, n_ids=n, random_view=True, bs=p.bs, shuffle=True,
                                  drop_last=len(rows) >= 2*p.bs),
                           ViewDL(va, pv=pv, labels=labels, n_ids=n, bs=2*p.bs), device=dev)
-    else: dls = array_dls(imgs, ids, rows, va, vocab=vocab, bs=p.bs, workers=p.workers, device=dev, aug_kw=info['aug_kw'])
+    else: dls = photo_dls()
     margins = dynamic_margins(pd.Series(ids[tr]).value_counts()[vocab].values).repeat(2) if p.dynamic_margin else None
-    learn = arcface_learner(dls, model, s=p.arcface_s, m=p.arcface_m, margins=margins, flip_ids=0 if frozen else n,
-                            mixed_precision=p.mixed_precision, channels_last=p.channels_last, path=Path(path or '.'))
-    learn.wk = info
+    mk = lambda dls, frozen: arcface_learner(dls, model, s=p.arcface_s, m=p.arcface_m, margins=margins, flip_ids=0 if frozen else n,
+                                             mixed_precision=p.mixed_precision, channels_last=p.channels_last, path=Path(path or '.'))
+    learn = mk(dls, frozen); learn.wk = info
     def score(learn):
         e = arcface_features(learn, imgs, tta=False, idxs=np.r_[va, tr])
         return retrieval_aps(cosine_sim(e[:len(va)], e[len(va):]), ids[va], ids[tr], p.reduce)
-    select = SelectBest(score, patience=p.patience, z=p.select_z) if len(va) else None
+    select = lambda: SelectBest(score, patience=p.patience, z=p.select_z) if len(va) else None
     ep = plan_epochs(len(rows), p.bs, p.arcface_steps, p.arcface_epochs)
-    lr = p.arcface_lr
-    if frozen: stages = [Stage('neck', ep, lr, 'backbone')]
-    else: stages = [Stage('head', p.arcface_freeze_epochs, lr, 'backbone'),
-                    Stage('body', ep, slice(lr/10, lr), 'none' if p.arcface_unfreeze == 'all' else 'early')]
+    ft = plan_epochs(len(rows), p.bs, p.arcface_ft_steps, p.arcface_ft_epochs)
+    thaw = dict(lr=slice(p.arcface_ft_lr/10, p.arcface_ft_lr), freeze='none' if p.arcface_unfreeze == 'all' else 'early')
+    if frozen: stages = [Stage('neck', ep, p.arcface_lr, 'backbone')]
+    else: stages = [Stage('head', p.arcface_freeze_epochs, p.arcface_lr, 'backbone'), Stage('body', ft, **thaw)]
     meta = dict(vocab=vocab, arch=p.arch, mode=p.arcface_mode, emb_dim=p.emb_dim, size=list(imgs.shape[1:3]),
                 steps=p.arcface_steps, seed=p.seed)
-    return fit_stages(learn, stages, None if path is None else Path(path)/'arcface.pth', budget, reserve, select, meta)
+    fn = lambda name: None if path is None else Path(path)/name
+    learn = fit_stages(learn, stages, fn('arcface.pth'), budget, reserve, select(), meta)
+    learn.selectors = [learn.selector]
+    if p.arcface_mode != 'auto': return learn
+    if not len(va): log.info('arcface: no validation rows to judge a fine-tune by, so the backbone stays frozen'); return learn
+    if budget is not None and budget.left - reserve < 60:
+        log.info(f'arcface: {budget.left:.0f}s left, no time to fine-tune the backbone'); return learn
+    # 'auto': the frozen result is the fine-tune's step 0; the fine-tune is kept only if validation says it gains
+    tl = mk(photo_dls(), False); tl.wk = {**info, 'frozen':False}
+    meta = {**meta, 'neck':learn.kept, 'ft_steps':p.arcface_ft_steps, 'ft_lr':p.arcface_ft_lr, 'unfreeze':p.arcface_unfreeze}
+    tl = fit_stages(tl, [Stage('thaw', ft, **thaw)], fn('arcface_thaw.pth'), budget, reserve, select(), meta)
+    tl.selectors,tl.fit_log = learn.selectors + [tl.selector],learn.fit_log + tl.fit_log
+    if tl.kept == 'step 0':              # `choose` loaded the frozen result into the shared model: score it from the cache
+        learn.kept,learn.selectors,learn.fit_log = f'{learn.kept} (fine-tune not kept)',tl.selectors,tl.fit_log; return learn
+    tl.kept = f'{learn.kept}, then fine-tune {tl.kept}'
+    return tl
 
 # %% ../nbs/04_arcface.ipynb #0bc2fe83
 @torch.no_grad()

@@ -13,7 +13,7 @@ from .data import NEW_WHALE
 from .metrics import best_threshold, query_aps
 
 # %% auto #0
-__all__ = ['ScoreMatrix', 'calibrate', 'to_prob', 'ModelScores', 'power_mean', 'blend']
+__all__ = ['ScoreMatrix', 'calibrate', 'to_prob', 'ModelScores', 'topk_mean', 'csls', 'power_mean', 'blend']
 
 # %% ../nbs/06_ensemble.ipynb #5230b89e
 @dataclass
@@ -119,6 +119,17 @@ class ModelScores:
         return cls(str(z['name']), ScoreMatrix(list(z['vnames']), ids, z['valid']), list(z['truth']),
                    ScoreMatrix(list(z['tnames']), ids, z['test']), None if np.isnan(z['ab']).any() else tuple(z['ab'].tolist()), float(z['thr']),
                    float(z['map_valid']), float(z['secs']), eval(str(z['info'])) if 'info' in z else {})
+
+# %% ../nbs/06_ensemble.ipynb #d7a1bdfa
+def topk_mean(s, k:int=10, axis:int=1) -> np.ndarray:
+    "Mean of the `k` largest values of `s` (2-D) along `axis` (of all of them when there are fewer)"
+    s = np.asarray(s, dtype=np.float32); k = min(k, s.shape[axis])
+    if k == 0: return np.zeros(s.shape[1 - axis], np.float32)
+    return -np.partition(-s, k - 1, axis=axis).take(np.arange(k), axis=axis).mean(axis)
+
+def csls(sims, r_q, r_g, beta:float=1.) -> np.ndarray:
+    "`sims` (Q,G) less `beta`/2 of the neighbourhood similarities `r_q` (Q,) of the queries and `r_g` (G,) of the gallery photos"
+    return (np.asarray(sims, np.float32) - beta/2*(np.asarray(r_q, np.float32)[:, None] + np.asarray(r_g, np.float32)[None])).astype(np.float32)
 
 # %% ../nbs/06_ensemble.ipynb #f53e81df
 def _simplex(n, step):

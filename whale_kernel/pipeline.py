@@ -15,8 +15,9 @@ from . import __version__
 from .core import MODEL_NAMES, Preset, get_preset, seed_everything, TimeBudget, log
 from .data import (NEW_WHALE, CompetitionError, read_competition, merge_duplicates, cache_images, valid_split,
                                auto_size)
-from .metrics import reduce_by_id, predict_top5, write_submission, score_submission
-from .ensemble import ScoreMatrix, ModelScores, blend
+from .metrics import reduce_by_id, predict_top5, write_submission, score_submission, query_aps
+from .ensemble import ScoreMatrix, ModelScores, blend, topk_mean, csls, to_prob
+from .train import paired_gain
 from .knn import fit_knn, knn_features, knn_similarity
 from .arcface import fit_arcface, arcface_features, arcface_similarity
 from .siamese import fit_siamese, siamese_features, siamese_similarity
@@ -38,6 +39,27 @@ MODELS = {s.name: s for s in [ModelSpec('knn', fit_knn, knn_features, knn_simila
                                ModelSpec('siamese', fit_siamese, siamese_features, siamese_similarity)]}
 
 # %% ../nbs/07_pipeline.ipynb #f8a200c2
+def _confident(pt, ids, conf, thr):
+    "Rows of probabilities `pt` (Q, n_ids) whose best whale reaches `conf` and the `new_whale` threshold `thr`, and those whales"
+    top = pt.argmax(1); pmax = pt[np.arange(len(pt)), top]
+    u = np.flatnonzero((pmax >= conf) & (pmax > thr))
+    return u, np.array(ids, dtype=object)[top[u]]
+
+def _pseudo(spec, model, ms, conf, pt_tr, s_v, fv, tfs, ft, gal, gtr, ids, all_ids, reduce, fit):
+    "`ms` rescored with the test photos named with probability ≥ `conf` (and above the `new_whale` threshold) in the gallery"
+    # validation: labels from the training gallery alone (`pt_tr`), else a held-out photo would vouch for itself
+    u,lab = _confident(pt_tr, all_ids, conf, ms.thr)
+    if not len(u): return None
+    v,_ = reduce_by_id(np.c_[s_v, spec.similarity(model, fv, tfs[0][u])], np.r_[ids[gtr], lab], all_ids, reduce)
+    # test: labels from the whole gallery; each pseudo-labelled photo joins it as its crop 0, and is no evidence for itself
+    u,lab = _confident(ms.pt, ms.test.ids, conf, ms.thr)
+    t = 0.
+    for tf in tfs:
+        su = spec.similarity(model, tf, tfs[0][u]); su[u, np.arange(len(u))] = -np.inf
+        t = t + reduce_by_id(np.c_[spec.similarity(model, tf, ft[gal]), su], np.r_[ids[gal], lab], all_ids, reduce)[0]/len(tfs)
+    return fit(v, t, dict(pseudo=dict(conf=conf, n=int(len(u)))))
+
+# %% ../nbs/07_pipeline.ipynb #bf67255f
 def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames, path=None, budget=None, cache_dir=None) -> ModelScores:
     "Fit model `name` on the non-validation rows of `imgs`, then score validation and test photos (`timgs`, or a list of crops of them) against the gallery"
     t0 = time.monotonic(); spec = MODELS[name]; p = preset
@@ -48,15 +70,40 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
     ft = spec.features(model, imgs, tta=p.tta)
     gal, gtr = np.flatnonzero(known), np.flatnonzero(known & ~is_valid)
     all_ids = sorted(set(ids[known]))
-    sv,_ = reduce_by_id(spec.similarity(model, ft[va], ft[gtr]), ids[gtr], all_ids, p.reduce)
-    st = np.mean([reduce_by_id(spec.similarity(model, spec.features(model, t, tta=p.tta), ft[gal]), ids[gal], all_ids, p.reduce)[0]
-                  for t in (timgs if isinstance(timgs, list) else [timgs])], 0)   # TTA over the test crops
-    sel = getattr(model, 'selector', None)
-    info = dict(kept=getattr(model, 'kept', None), curve=[] if sel is None else [round(float(c), 4) for c in sel.curve],
-                step0=None if sel is None or sel.base is None else round(float(sel.base.mean()), 4),
-                fit_log=getattr(model, 'fit_log', None))
-    return ModelScores.fit(name, ScoreMatrix(vnames, all_ids, sv), list(ids[va]), ScoreMatrix(tnames, all_ids, st),
-                           time.monotonic() - t0, info)
+    sels = [o for o in getattr(model, 'selectors', [getattr(model, 'selector', None)]) if o is not None]   # one per training phase
+    info = dict(kept=getattr(model, 'kept', None), curve=[round(float(c), 4) for o in sels for c in o.curve],
+                step0=None if not sels or sels[0].base is None else round(float(sels[0].base.mean()), 4),
+                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None)
+    betas = [0.] + (list(p.rerank_beta) if p.rerank and len(va) else [])
+    k = p.rerank_k; sv, st, tfs = {}, {b: 0. for b in betas}, []
+    crops = timgs if isinstance(timgs, list) else [timgs]
+    s_v = spec.similarity(model, ft[va], ft[gtr])
+    for c,t in enumerate(crops):                                          # TTA over the test crops
+        tfs.append(spec.features(model, t, tta=p.tta)); s = spec.similarity(model, tfs[-1], ft[gal])
+        if c == 0:   # how near each gallery photo sits to the test photos (their pictures, not their answers)
+            pos = np.searchsorted(gal, gtr); r_g = topk_mean(s, k, axis=0); r_gtr = r_g[pos]
+            st_tr = reduce_by_id(s[:, pos], ids[gtr], all_ids, p.reduce)[0]     # test against the training gallery alone
+            for b in betas: sv[b] = reduce_by_id(csls(s_v, topk_mean(s_v, k), r_gtr, b) if b else s_v, ids[gtr], all_ids, p.reduce)[0]
+        for b in betas: st[b] = st[b] + reduce_by_id(csls(s, topk_mean(s, k), r_g, b) if b else s, ids[gal], all_ids, p.reduce)[0]/len(crops)
+    fit = lambda v, t, extra: ModelScores.fit(name, ScoreMatrix(vnames, all_ids, v), list(ids[va]), ScoreMatrix(tnames, all_ids, t),
+                                              time.monotonic() - t0, {**info, **extra})
+    ms = fit(sv[0.], st[0.], {})
+    cands = [fit(sv[b], st[b], dict(rerank=b)) for b in betas[1:]]
+    if p.pseudo and len(va):
+        pt_tr = to_prob(st_tr, ms.ab)
+        cands += [o for o in (_pseudo(spec, model, ms, conf, pt_tr, s_v, ft[va], tfs, ft, gal, gtr, ids, all_ids, p.reduce, fit)
+                              for conf in p.pseudo_conf) if o is not None]
+    if cands:                            # re-ranking or pseudo-labels only when validation says so, by more than its noise
+        aps = lambda m: query_aps(m.pv, m.valid.ids, m.truth, m.thr)
+        best = max(cands, key=lambda m: m.map_valid)
+        g,se = paired_gain(aps(best), aps(ms))
+        what = {k_:v for k_,v in best.info.items() if k_ in ('rerank', 'pseudo') and v}
+        keep = g > p.select_z*se
+        log.info(f"{name}: best extra {what} {'kept' if keep else 'not kept'}: validation MAP@5 {ms.map_valid:.4f} -> "
+                 f"{best.map_valid:.4f}, paired gain {g:+.4f} ± {se:.4f}")
+        if keep: ms = best
+    ms.secs = time.monotonic() - t0
+    return ms
 
 # %% ../nbs/07_pipeline.ipynb #4ca1153a
 @contextmanager

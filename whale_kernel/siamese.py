@@ -264,7 +264,7 @@ def fit_siamese(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     arch = p.siamese_arch or p.arch
     model = siamese_model(arch, p.weights, p.siamese_feats).to(dev)
     info = dict(frozen=frozen, cache_dir=cache_dir, tag=weights_tag(arch, p.weights), aug_kw=preset_aug(p), seed=p.seed)
-    pv = pooled_views(model.branch.backbone, imgs, views=p.views if frozen else 2, aug_kw=info['aug_kw'],
+    pv = pooled_views(model.branch.backbone, imgs, views=p.siamese_views if frozen else 2, aug_kw=info['aug_kw'],
                       cache_dir=cache_dir, tag=info['tag'], seed=p.seed)
     first = miner.epoch_pairs(k=k_start, record=False)
     imprint_siamese(model, pv[0], first[first[:, 2] == 1, :2], first[first[:, 2] == 0, :2], white=pv[:2].flatten(0, 1))

@@ -175,7 +175,7 @@ class SelectBest(Callback):
         if self.base is not None and self.base_sd is not None:
             g,se = paired_gain(self.hist[self.best_i], self.base)
             if g <= self.z*se:
-                log.info(f'keeping step 0: epoch {self.best_i} gains {g:+.4f} ± {se:.4f} on validation, within noise')
+                log.info(f'keeping step 0: epoch {self.best_i} changes validation MAP@5 by {g:+.4f} ± {se:.4f}, not more than {self.z:g} SE above it')
                 learn.model.load_state_dict(self.base_sd); return 'step 0'
             log.info(f'keeping epoch {self.best_i}: {g:+.4f} ± {se:.4f} over step 0 on validation')
         learn.model.load_state_dict(self.best_sd); return f'epoch {self.best_i}'
@@ -278,7 +278,7 @@ def features(fn, imgs, idxs=None, bs:int=64, tta:bool=False, size=None, device=N
 def cosine_sim(qf, gf, views:int=1, bs:int=4096) -> np.ndarray:
     "Mean over `views` of the cosine similarity (Q,G) float32 of the view blocks of `qf` (Q,V·D) and `gf` (G,V·D)"
     qf,gf = torch.as_tensor(qf).float(),torch.as_tensor(gf).float()
-    q,g = (F.normalize(o.view(len(o), views, -1), dim=-1).flatten(1) / math.sqrt(views) for o in (qf, gf))
+    q,g = (F.normalize(o.view(len(o), views, o.shape[1] // views), dim=-1).flatten(1) / math.sqrt(views) for o in (qf, gf))
     return torch.cat([c @ g.T for c in q.split(bs)] or [torch.zeros(0, len(g))]).numpy().astype(np.float32)
 
 # %% ../nbs/03b_train.ipynb #d6641460
