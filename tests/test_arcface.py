@@ -3,7 +3,7 @@ import math, numpy as np, pytest, torch, torch.nn.functional as F
 from fastai.torch_core import set_seed
 from whale_kernel.core import TimeBudget
 from whale_kernel.data import NEW_WHALE, array_dls
-from whale_kernel.train import load_checkpoint
+from whale_kernel.train import load_checkpoint, SelectBest
 from whale_kernel.pipeline import quiet_bars
 from whale_kernel.arcface import (GeM, CosineHead, ArcFaceLoss, arc_margin, dynamic_margins, flip_labels, fold_flips, FlipClasses,
                                   oversample, imprint, arcface_model, arcface_learner, ViewDL, fit_arcface, arcface_features,
@@ -238,28 +238,35 @@ def _thawed(learn):
     bb = [p.requires_grad for p in learn.model.backbone.parameters()]
     return any(bb), all(bb)
 
-@pytest.mark.parametrize('z', [1e9, -1e9])
-def test_fit_auto_keeps_the_fine_tune_only_when_validation_says_so(z, tmp_path):
-    "'auto': the frozen result is the fine-tune's step 0; an impossible bar keeps it, a bar anyone clears keeps the fine-tune"
+class _KeepLast(SelectBest):
+    "A selector that always keeps the last epoch: forces the 'fine-tune kept' branch"
+    def choose(self, learn): return f'epoch {len(self.hist) - 1}'
+
+@pytest.mark.parametrize('keep', [False, True])
+def test_fit_auto_keeps_the_fine_tune_only_when_validation_says_so(keep, tmp_path, monkeypatch):
+    "'auto': the frozen result is the fine-tune's step 0; the fine-tune's weights and photo path are used only when it is kept"
+    import whale_kernel.arcface as A
+    if keep: monkeypatch.setattr(A, 'SelectBest', _KeepLast)
     imgs, ids = toy_whales()
-    kw = dict(preset=tiny_preset(select_z=z), path=tmp_path, cache_dir=tmp_path/'cache', arcface_epochs=(2, 2), arcface_ft_epochs=(2, 2))
+    kw = dict(preset=tiny_preset(select_z=1e9), path=tmp_path, cache_dir=tmp_path/'cache', arcface_epochs=(2, 2), arcface_ft_epochs=(2, 2))
     with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, **kw)
     assert [(o['stage'], len(o['secs'])) for o in learn.fit_log] == [('neck', 2), ('thaw', 2)]
     assert len(learn.selectors) == 2 and [len(o.curve) for o in learn.selectors] == [2, 2]
-    neck = learn.selectors[0]
-    if z > 0:                                     # fine-tune not kept: the frozen model, scored from the feature cache
+    thaw = learn.selectors[1]
+    if not keep:                                  # an impossible bar: the frozen model, scored from the feature cache
         assert learn.kept == 'step 0 (fine-tune not kept)' and learn.wk['frozen']
-        torch.testing.assert_close(state(learn.model)['head.weight'], neck.base_sd['head.weight'])
-        assert not any(_thawed(learn))
-    else:                                         # fine-tune kept: the late half of the backbone trained, photos go through it
-        assert learn.kept.startswith('epoch') and ', then fine-tune epoch' in learn.kept and not learn.wk['frozen']
-        assert _thawed(learn) == (True, False)    # `arcface_unfreeze='late'`: the early layers stay frozen
+        assert same_state(state(learn.model), thaw.base_sd)
+    else:                                         # kept: the late half of the backbone trained, photos go through it
+        assert learn.kept == 'epoch 1, then fine-tune epoch 1' and not learn.wk['frozen']
+        assert not same_state(state(learn.model), thaw.base_sd)
+        assert _thawed(learn) == (True, False)    # `arcface_unfreeze='late'`: the early layers stayed frozen
         assert load_checkpoint(tmp_path/'arcface_thaw.pth')['stage'] == 'thaw'
     f = arcface_features(learn, imgs[:3], tta=False)
     assert f.shape == (3, 16) and torch.isfinite(f).all()
-    with quiet_bars(True): again = fit_arcface(imgs, ids, TR, VA, **kw)      # both phases finished: nothing trains
-    assert again.fit_log == [] and again.kept == learn.kept and again.wk['frozen'] == learn.wk['frozen']
-    torch.testing.assert_close(arcface_features(again, imgs[:3], tta=False), f)
+    if not keep:
+        with quiet_bars(True): again = fit_arcface(imgs, ids, TR, VA, **kw)  # both phases finished: nothing trains
+        assert again.fit_log == [] and again.kept == learn.kept and again.wk['frozen']
+        torch.testing.assert_close(arcface_features(again, imgs[:3], tta=False), f)
 
 def test_fit_auto_without_validation_or_time_stays_frozen(wklog):
     imgs, ids = toy_whales()
@@ -271,7 +278,8 @@ def test_fit_auto_without_validation_or_time_stays_frozen(wklog):
 def test_fit_finetune():
     imgs, ids = toy_whales()
     with quiet_bars(True):
-        learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), arcface_mode='finetune', arcface_ft_epochs=(2, 2), arcface_freeze_epochs=1)
+        learn = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(), arcface_mode='finetune', arcface_ft_epochs=(2, 2), arcface_freeze_epochs=1,
+                            arcface_unfreeze='all')
     assert [(o['stage'], len(o['secs'])) for o in learn.fit_log] == [('head', 1), ('body', 2)]
     assert all(p.requires_grad for p in learn.model.backbone.parameters())
     f, fm = arcface_features(learn, imgs[:4]), arcface_features(learn, imgs[:4, :, ::-1].copy())
