@@ -83,8 +83,10 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
         if c == 0:   # how near each gallery photo sits to the test photos (their pictures, not their answers)
             pos = np.searchsorted(gal, gtr); r_g = topk_mean(s, k, axis=0); r_gtr = r_g[pos]
             st_tr = reduce_by_id(s[:, pos], ids[gtr], all_ids, p.reduce)[0]     # test against the training gallery alone
-            for b in betas: sv[b] = reduce_by_id(csls(s_v, topk_mean(s_v, k), r_gtr, b) if b else s_v, ids[gtr], all_ids, p.reduce)[0]
-        for b in betas: st[b] = st[b] + reduce_by_id(csls(s, topk_mean(s, k), r_g, b) if b else s, ids[gal], all_ids, p.reduce)[0]/len(crops)
+            r_v = topk_mean(s_v, k) if len(betas) > 1 else None
+            for b in betas: sv[b] = reduce_by_id(csls(s_v, r_v, r_gtr, b) if b else s_v, ids[gtr], all_ids, p.reduce)[0]
+        r_t = topk_mean(s, k) if len(betas) > 1 else None                  # each neighbourhood once, whatever the betas
+        for b in betas: st[b] = st[b] + reduce_by_id(csls(s, r_t, r_g, b) if b else s, ids[gal], all_ids, p.reduce)[0]/len(crops)
     fit = lambda v, t, extra: ModelScores.fit(name, ScoreMatrix(vnames, all_ids, v), list(ids[va]), ScoreMatrix(tnames, all_ids, t),
                                               time.monotonic() - t0, {**info, **extra})
     ms = fit(sv[0.], st[0.], {})
