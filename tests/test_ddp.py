@@ -44,3 +44,20 @@ def test_parser_and_gpus():
     a = ddp_parser().parse_args(['--out', 'o', '--imgs', 'x.npy', '--ids', 'i.txt', '--set', 'bs=8', 'arch=resnet18'])
     assert a.set == ['bs=8', 'arch=resnet18'] and a.preset == 'kaggle' and not a.features
     assert n_gpus() == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+def test_pipeline_trains_arcface_on_two_ranks(tmp_path):
+    "`ddp=2`: the run trains ArcFace ('auto': frozen, then the thaw, chosen on validation) on two gloo ranks, then only loads their checkpoints"
+    from whale_kernel.pipeline import run
+    from whale_kernel.ensemble import ModelScores
+    data = _competition(tmp_path/'comp', n_whales=6, per_whale=3, n_new=3)
+    out = tmp_path/'run'
+    run(data=data, out=out, models=('arcface',), quiet=True, ddp=2, size=(32, 64), bs=4, weights=None, workers=0, views=2,
+        emb_dim=16, arcface_steps=8, arcface_epochs=(2, 2), arcface_ft_steps=4, arcface_ft_epochs=(2, 2), rerank=False, pseudo=False)
+    r = [json.loads((out/'models'/f'rank{i}.json').read_text()) for i in (0, 1)]
+    assert all(o['world'] == 2 and o['backend'] == 'gloo' for o in r)
+    assert r[0]['digest'] == r[1]['digest'] and r[0]['seen'] > 0 and r[0]['batches'] == r[1]['batches']   # trained distributed, in step
+    assert r[0]['first_batch'] != r[1]['first_batch']
+    ms = ModelScores.load(next((out/'scores').glob('arcface_*.npz')))
+    assert ms.info['fit_log'] == []                                               # this process trained nothing: it loaded rank 0's
+    assert len(ms.info['curve']) >= 2 and (out/'submission.csv').exists()
+    sub = pd.read_csv(out/'submission.csv'); assert list(sub.columns) == ['Image', 'Id'] and len(sub) == 1

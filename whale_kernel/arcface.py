@@ -20,14 +20,15 @@ from fastai.callback.schedule import fit_one_cycle, lr_find
 from timm.layers import SelectAdaptivePool2d
 from .core import Preset, get_preset, seed_everything, log
 from .data import NEW_WHALE, array_dls, img_batches, preset_aug
+from .metrics import query_aps
 from .backbone import create_backbone, weights_tag
 from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, SelectBest, features,
                                 cosine_sim, pooled_views, retrieval_aps, plan_epochs, eval_mode, pca_whitening, identity_bn)
 
 # %% auto #0
 __all__ = ['GeM', 'CosineHead', 'ArcFaceNet', 'arc_margin', 'ArcFaceLoss', 'dynamic_margins', 'flip_labels', 'fold_flips',
-           'FlipClasses', 'oversample', 'imprint', 'arcface_model', 'arcface_learner', 'ViewDL', 'fit_arcface',
-           'arcface_features', 'arcface_similarity', 'arcface_class_scores']
+           'FlipClasses', 'oversample', 'imprint', 'arcface_model', 'arcface_learner', 'ViewDL', 'arcface_class_scores',
+           'fit_arcface', 'arcface_features', 'arcface_similarity']
 
 # %% ../nbs/04_arcface.ipynb #d8fc8d34
 class GeM(nn.Module):
@@ -204,6 +205,19 @@ class ViewDL(DataLoader):
         return super().new(dataset, cls, **{'pv':self.pv, 'labels':self.labels, 'n_ids':self.n_ids,
                                             'random_view':self.random_view, **kwargs})
 
+# %% ../nbs/04_arcface.ipynb #46c2b653
+@torch.no_grad()
+def arcface_class_scores(learn:Learner, imgs, bs:int=64, tta:bool=True):
+    "Cosines (N, n_ids) of `imgs` to each known whale's centre, mirror classes folded back; returns (scores, ids)"
+    model = learn.model.eval()
+    dev = next(model.parameters()).device
+    vocab = list(learn.wk['vocab'] if hasattr(learn, 'wk') else learn.dls.vocab); n = len(vocab)
+    flip = model.head.n_classes == 2*n
+    def cos(fl): return torch.cat([model(x).float().cpu() for x in img_batches(imgs, bs=bs, device=dev, flip=fl)])
+    s = fold_flips(cos(False), n) if flip else cos(False)
+    if tta: s = (s + (fold_flips(cos(True), n, flipped=True) if flip else cos(True))) / 2
+    return s.numpy(), vocab
+
 # %% ../nbs/04_arcface.ipynb #435104a5
 def _split_rows(ids, train_idx, valid_idx):
     "Known train rows, their sorted ids, and the validation rows whose whale is among them"
@@ -248,8 +262,11 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
                                              mixed_precision=p.mixed_precision, channels_last=p.channels_last, path=Path(path or '.'))
     learn = mk(dls, frozen); learn.wk = info
     def score(learn):
-        e = arcface_features(learn, imgs, tta=False, idxs=np.r_[va, tr])
-        return retrieval_aps(cosine_sim(e[:len(va)], e[len(va):]), ids[va], ids[tr], p.reduce)
+        if learn.wk['frozen']:           # cached views: the whole training gallery is cheap to embed
+            e = arcface_features(learn, imgs, tta=False, idxs=np.r_[va, tr])
+            return retrieval_aps(cosine_sim(e[:len(va)], e[len(va):]), ids[va], ids[tr], p.reduce)
+        s,_ = arcface_class_scores(learn, imgs[va], tta=False)   # photos: the validation ones against one centre per whale
+        return query_aps(s, vocab, ids[va])
     select = lambda: SelectBest(score, patience=p.patience, z=p.select_z) if len(va) else None
     ep = plan_epochs(len(rows), p.bs, p.arcface_steps, p.arcface_epochs)
     ft = plan_epochs(len(rows), p.bs, p.arcface_ft_steps, p.arcface_ft_epochs)
@@ -291,16 +308,3 @@ def arcface_features(learn:Learner, imgs, bs:int=256, tta:bool=True, idxs=None) 
 def arcface_similarity(learn:Learner, qf, gf) -> np.ndarray:
     "Cosine similarity (Q,G) float32 of embeddings `qf` and `gf`, averaged over their views"
     return cosine_sim(qf, gf, views=qf.shape[1] // learn.model.fc.out_features)
-
-# %% ../nbs/04_arcface.ipynb #46c2b653
-@torch.no_grad()
-def arcface_class_scores(learn:Learner, imgs, bs:int=64, tta:bool=True):
-    "Cosines (N, n_ids) of `imgs` to each known whale's centre, mirror classes folded back; returns (scores, ids)"
-    model = learn.model.eval()
-    dev = next(model.parameters()).device
-    vocab = list(learn.wk['vocab'] if hasattr(learn, 'wk') else learn.dls.vocab); n = len(vocab)
-    flip = model.head.n_classes == 2*n
-    def cos(fl): return torch.cat([model(x).float().cpu() for x in img_batches(imgs, bs=bs, device=dev, flip=fl)])
-    s = fold_flips(cos(False), n) if flip else cos(False)
-    if tta: s = (s + (fold_flips(cos(True), n, flipped=True) if flip else cos(True))) / 2
-    return s.numpy(), vocab

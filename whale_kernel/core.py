@@ -52,8 +52,8 @@ class Preset:
     arcface_steps:int = 600            # neck + head (frozen) optimizer steps, turned into epochs for the data at hand
     arcface_epochs:tuple = (4, 60)     # floor and ceiling of the epochs `arcface_steps` asks for
     arcface_lr:float = 3e-4            # neck + head learning rate
-    arcface_ft_steps:int = 300         # backbone fine-tune ('finetune', 'auto') optimizer steps
-    arcface_ft_epochs:tuple = (3, 10)  # floor and ceiling of the fine-tune's epochs
+    arcface_ft_steps:int = 420         # backbone fine-tune ('finetune', 'auto') optimizer steps
+    arcface_ft_epochs:tuple = (3, 14)  # floor and ceiling of the fine-tune's epochs
     arcface_ft_lr:float = 3e-3         # fine-tune rate of the late layers (early ones: /10)
     arcface_freeze_epochs:int = 1      # finetune: epochs with the backbone frozen before it thaws
     arcface_unfreeze:str = 'late'      # fine-tune: thaw 'all' of the backbone or its 'late' half
@@ -87,6 +87,7 @@ class Preset:
     box_tta:bool = True                # with boxes: test photos also cropped at two other box margins (the seed's scale jitter)
     mixed_precision:bool = True        # bf16 (fp16 with loss scaling where bf16 is slow), only on CUDA
     channels_last:bool = True          # only on CUDA
+    ddp:int = 0                        # ArcFace on this many torchrun processes; 0: on every GPU when there are two or more
     time_budget:float|None = None      # minutes for the whole run; None means unlimited
     seed:int = 42
 

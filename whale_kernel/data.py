@@ -236,6 +236,7 @@ def cache_images(df, size=(128,256), cache_dir=None, margin=0.05, workers=2, nam
         if o is not None: arr[i] = o
     if cache_dir is not None:
         np.save(f'{base}.tmp.npy', arr); Path(f'{base}.tmp.npy').rename(f'{base}.npy'); np.save(f'{base}.ok.npy', ok)
+        arr = np.load(f'{base}.npy', mmap_mode='r')     # as a rerun gets it: read from the file (which a DDP run can reuse)
     return arr, ok
 
 # %% ../nbs/01_data.ipynb #5128c636
@@ -301,7 +302,7 @@ def valid_split(df, frac=0.5, new_frac=0.276, max_valid=None, seed=42) -> np.nda
 class ArrayImage:
     "Item transform: row `i` of a uint8 (N,H,W,3) array as a `TensorImage` (3,H,W)"
     def __init__(self, arr): self.arr = arr
-    def __call__(self, i): return TensorImage(torch.from_numpy(np.ascontiguousarray(self.arr[i])).permute(2,0,1))
+    def __call__(self, i): return TensorImage(torch.from_numpy(np.array(self.arr[i])).permute(2,0,1))
 
 class ArrayLabel:
     "Item transform: the label of row `i`"

@@ -16,7 +16,7 @@ from .core import log
 
 # %% auto #0
 __all__ = ['DistributedDL', 'RankDL', 'DDP', 'state_digest', 'DDPTrainer', 'setup', 'teardown', 'barrier', 'n_gpus', 'launch_ddp',
-           'ddp_parser', 'load_train', 'train_ddp']
+           'ddp_parser', 'load_train', 'train_ddp', 'ddp_procs', 'fit_ddp']
 
 # %% ../nbs/09_ddp.ipynb #04e8d616
 def _fastai_distributed():
@@ -170,6 +170,7 @@ def ddp_parser() -> argparse.ArgumentParser:
     ap.add_argument('--size', type=int, nargs=2, metavar=('H','W'), help="photo size (default: the preset's)")
     ap.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='preset overrides, values parsed as JSON where they can be')
     ap.add_argument('--no-valid', action='store_true', help='train on every photo (no validation split)')
+    ap.add_argument('--valid', help='the held-out rows of --imgs, a text file with one row number a line (default: the split of `valid_split`)')
     ap.add_argument('--features', action='store_true', help='rank 0 also writes the embeddings of every photo (features.npy)')
     ap.add_argument('--backend', help='torch.distributed backend (default nccl on GPUs, else gloo)')
     return ap
@@ -181,7 +182,7 @@ def load_train(a, p, rank:int=0) -> tuple:
     from whale_kernel.data import read_competition, cache_images
     if a.imgs:
         imgs = np.load(a.imgs, mmap_mode='r')
-        return imgs, pd.DataFrame(dict(Id=np.array(Path(a.ids).read_text().split(), dtype=object)))
+        return imgs, pd.DataFrame(dict(Id=np.array(Path(a.ids).read_text().splitlines(), dtype=object)))
     train = read_competition(a.data).train
     size = tuple(a.size) if a.size else p.size
     if size == 'auto':
@@ -210,7 +211,9 @@ def train_ddp(argv=None) -> dict:
         p = get_preset(a.preset, **{k:_value(v) for k,v in (kv.split('=', 1) for kv in a.set)})
         imgs,df = load_train(a, p, rank)
         ids = df.Id.values.astype(object)
-        va_mask = np.zeros(len(ids), bool) if a.no_valid else valid_split(df, seed=p.seed)
+        va_mask = np.zeros(len(ids), bool)
+        if a.valid: va_mask[np.array(Path(a.valid).read_text().split(), dtype=int)] = True
+        elif not a.no_valid: va_mask = valid_split(df, seed=p.seed)
         tr,va = np.flatnonzero(~va_mask), np.flatnonzero(va_mask & (ids != NEW_WHALE))
         path = out/'arcface' if rank == 0 else out/f'.rank{rank}'/'arcface'
         if rank and (out/'arcface').is_dir(): shutil.copytree(out/'arcface', path, dirs_exist_ok=True)   # resume alike
@@ -235,3 +238,33 @@ def train_ddp(argv=None) -> dict:
 # %% ../nbs/09_ddp.ipynb #c3560bec
 #| eval: false
 if __name__ == '__main__': train_ddp()
+
+# %% ../nbs/09_ddp.ipynb #4503499d
+def ddp_procs(p) -> int:
+    "How many processes train ArcFace for preset `p`: `p.ddp` when set, else the GPUs when there are two or more, else 1"
+    if p.ddp: return int(p.ddp)
+    g = n_gpus()
+    return g if g > 1 else 1
+
+def fit_ddp(imgs, ids, is_valid, preset, path, n_procs:int, timeout:float|None=None, backend:str|None=None,
+            env:dict|None=None, quiet:bool=True) -> list:
+    "Train ArcFace on `n_procs` torchrun ranks, rank 0 checkpointing in `path` as `fit_arcface(..., path=path)` would; its output lines"
+    from dataclasses import asdict
+    from whale_kernel.core import get_preset, PRESETS
+    path = Path(path); work = path.parent/'ddp_input'; work.mkdir(parents=True, exist_ok=True)
+    fn = getattr(imgs, 'filename', None)           # the pipeline's photo cache is a memory-mapped .npy: reuse the file
+    def whole(fn):                              # the file holds exactly `imgs`, not more, not a view of it
+        f = np.load(fn, mmap_mode='r'); return f.shape == imgs.shape and f.offset == imgs.offset and f.strides == imgs.strides
+    own = not (isinstance(imgs, np.memmap) and fn and Path(fn).suffix == '.npy' and whole(fn))
+    if own: fn = work/'imgs.npy'; np.save(fn, np.ascontiguousarray(imgs))
+    (work/'ids.txt').write_text('\n'.join(map(str, ids)) + '\n')
+    (work/'valid.txt').write_text('\n'.join(map(str, np.flatnonzero(is_valid))) + '\n')
+    base = asdict(get_preset(preset.name)) if preset.name in PRESETS else {}
+    sets = [f'{k}={json.dumps(v)}' for k,v in asdict(preset).items() if k not in ('name', 'ddp') and base.get(k, object()) != v]
+    if preset.name not in PRESETS: sets.append(f'name={json.dumps(preset.name)}')
+    args = ['--imgs', fn, '--ids', work/'ids.txt', '--valid', work/'valid.txt', '--out', path.parent,
+            '--preset', preset.name if preset.name in PRESETS else 'cpu', '--set', *sets]
+    if torch.cuda.is_available(): torch.cuda.empty_cache()   # what this process cached on GPU 0, rank 0's GPU, goes back
+    try: return launch_ddp(n_procs, args, backend=backend, env=env, timeout=timeout, quiet=quiet)
+    finally:
+        if own: Path(fn).unlink(missing_ok=True)

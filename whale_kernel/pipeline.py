@@ -17,7 +17,8 @@ from .data import (NEW_WHALE, CompetitionError, read_competition, merge_duplicat
                                auto_size)
 from .metrics import reduce_by_id, predict_top5, write_submission, score_submission, query_aps
 from .ensemble import ScoreMatrix, ModelScores, blend, topk_mean, csls, to_prob
-from .train import paired_gain
+from .train import beats
+from .ddp import ddp_procs, fit_ddp
 from .knn import fit_knn, knn_features, knn_similarity
 from .arcface import fit_arcface, arcface_features, arcface_similarity
 from .siamese import fit_siamese, siamese_features, siamese_similarity
@@ -45,28 +46,42 @@ def _confident(pt, ids, conf, thr):
     u = np.flatnonzero((pmax >= conf) & (pmax > thr))
     return u, np.array(ids, dtype=object)[top[u]]
 
-def _pseudo(spec, model, ms, conf, pt_tr, s_v, fv, tfs, ft, gal, gtr, ids, all_ids, reduce, fit):
+def _join(r, rn, su, lab, all_ids, reduce):
+    "Whale scores `r` (Q, n_ids) of a gallery with `rn` photos per whale, joined by photos of whales `lab` with similarities `su` (Q, U; -inf: the query itself)"
+    if reduce == 'max': return np.maximum(r, reduce_by_id(su, lab, all_ids, 'max')[0])
+    L = (np.asarray(lab, dtype=object)[:, None] == np.asarray(all_ids, dtype=object)[None]).astype(np.float32)   # (U, n_ids)
+    own = np.isinf(su); n = rn + (~own).astype(np.float32) @ L
+    tot = np.where(rn > 0, r, 0)*rn + np.where(own, 0, su) @ L
+    return np.where(n > 0, tot/np.maximum(n, 1), -np.inf).astype(np.float32)
+
+def _pseudo(spec, model, ms, conf, pt_tr, sv0, fv, tfs, rts, ids, gal, gtr, all_ids, reduce, fit):
     "`ms` rescored with the test photos named with probability ≥ `conf` (and above the `new_whale` threshold) in the gallery"
+    count = lambda g: pd.Series(ids[g]).value_counts().reindex(all_ids, fill_value=0).values.astype(np.float32)
     # validation: labels from the training gallery alone (`pt_tr`), else a held-out photo would vouch for itself
     u,lab = _confident(pt_tr, all_ids, conf, ms.thr)
     if not len(u): return None
-    v,_ = reduce_by_id(np.c_[s_v, spec.similarity(model, fv, tfs[0][u])], np.r_[ids[gtr], lab], all_ids, reduce)
+    v = _join(sv0, count(gtr), spec.similarity(model, fv, tfs[0][u]), lab, all_ids, reduce)
     # test: labels from the whole gallery; each pseudo-labelled photo joins it as its crop 0, and is no evidence for itself
     u,lab = _confident(ms.pt, ms.test.ids, conf, ms.thr)
     t = 0.
-    for tf in tfs:
+    for tf,r in zip(tfs, rts):          # `rts`: each crop's plain whale scores, so the gallery is not compared again
         su = spec.similarity(model, tf, tfs[0][u]); su[u, np.arange(len(u))] = -np.inf
-        t = t + reduce_by_id(np.c_[spec.similarity(model, tf, ft[gal]), su], np.r_[ids[gal], lab], all_ids, reduce)[0]/len(tfs)
+        t = t + _join(r, count(gal), su, lab, all_ids, reduce)/len(tfs)
     return fit(v, t, dict(pseudo=dict(conf=conf, n=int(len(u)))))
 
-# %% ../nbs/07_pipeline.ipynb #bf67255f
+# %% ../nbs/07_pipeline.ipynb #00ac9c7d
 def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames, path=None, budget=None, cache_dir=None) -> ModelScores:
     "Fit model `name` on the non-validation rows of `imgs`, then score validation and test photos (`timgs`, or a list of crops of them) against the gallery"
     t0 = time.monotonic(); spec = MODELS[name]; p = preset
     ids = np.asarray(ids, dtype=object); known = ids != NEW_WHALE
     tr, va = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
-    model = spec.fit(imgs, ids, tr, valid_idx=va[known[va]], preset=p, path=path, budget=budget, cache_dir=cache_dir,
-                     reserve=0.1*budget.left if budget is not None and math.isfinite(budget.left) else 0.)
+    reserve = 0.1*budget.left if budget is not None and math.isfinite(budget.left) else 0.
+    if name == 'arcface' and path is not None and (n := ddp_procs(p)) > 1:   # train on every GPU; the fit below then loads it
+        left = None if budget is None or not math.isfinite(budget.left) else max(budget.left - reserve, 1.)
+        try:
+            log.info(f'arcface: training on {n} DDP processes'); fit_ddp(imgs, ids, is_valid, p, path, n, timeout=left, quiet=False)
+        except Exception as e: log.warning(f'arcface: the {n}-process DDP run failed or was cut short ({str(e).splitlines()[0]}); going on in this process')
+    model = spec.fit(imgs, ids, tr, valid_idx=va[known[va]], preset=p, path=path, budget=budget, cache_dir=cache_dir, reserve=reserve)
     ft = spec.features(model, imgs, tta=p.tta)
     gal, gtr = np.flatnonzero(known), np.flatnonzero(known & ~is_valid)
     all_ids = sorted(set(ids[known]))
@@ -75,7 +90,7 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
                 step0=None if not sels or sels[0].base is None else round(float(sels[0].base.mean()), 4),
                 fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None)
     betas = [0.] + (list(p.rerank_beta) if p.rerank and len(va) else [])
-    k = p.rerank_k; sv, st, tfs = {}, {b: 0. for b in betas}, []
+    k = p.rerank_k; sv, st, tfs, rts = {}, {b: 0. for b in betas}, [], []
     crops = timgs if isinstance(timgs, list) else [timgs]
     s_v = spec.similarity(model, ft[va], ft[gtr])
     for c,t in enumerate(crops):                                          # TTA over the test crops
@@ -86,21 +101,21 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
             r_v = topk_mean(s_v, k) if len(betas) > 1 else None
             for b in betas: sv[b] = reduce_by_id(csls(s_v, r_v, r_gtr, b) if b else s_v, ids[gtr], all_ids, p.reduce)[0]
         r_t = topk_mean(s, k) if len(betas) > 1 else None                  # each neighbourhood once, whatever the betas
-        for b in betas: st[b] = st[b] + reduce_by_id(csls(s, r_t, r_g, b) if b else s, ids[gal], all_ids, p.reduce)[0]/len(crops)
+        rts.append(reduce_by_id(s, ids[gal], all_ids, p.reduce)[0])
+        for b in betas: st[b] = st[b] + (reduce_by_id(csls(s, r_t, r_g, b), ids[gal], all_ids, p.reduce)[0] if b else rts[-1])/len(crops)
     fit = lambda v, t, extra: ModelScores.fit(name, ScoreMatrix(vnames, all_ids, v), list(ids[va]), ScoreMatrix(tnames, all_ids, t),
                                               time.monotonic() - t0, {**info, **extra})
     ms = fit(sv[0.], st[0.], {})
     cands = [fit(sv[b], st[b], dict(rerank=b)) for b in betas[1:]]
     if p.pseudo and len(va):
         pt_tr = to_prob(st_tr, ms.ab)
-        cands += [o for o in (_pseudo(spec, model, ms, conf, pt_tr, s_v, ft[va], tfs, ft, gal, gtr, ids, all_ids, p.reduce, fit)
+        cands += [o for o in (_pseudo(spec, model, ms, conf, pt_tr, sv[0.], ft[va], tfs, rts, ids, gal, gtr, all_ids, p.reduce, fit)
                               for conf in p.pseudo_conf) if o is not None]
     if cands:                            # re-ranking or pseudo-labels only when validation says so, by more than its noise
         aps = lambda m: query_aps(m.pv, m.valid.ids, m.truth, m.thr)
         best = max(cands, key=lambda m: m.map_valid)
-        g,se = paired_gain(aps(best), aps(ms))
+        keep,g,se = beats(aps(best), aps(ms), p.select_z)
         what = {k_:v for k_,v in best.info.items() if k_ in ('rerank', 'pseudo') and v}
-        keep = g > p.select_z*se
         log.info(f"{name}: best extra {what} {'kept' if keep else 'not kept'}: validation MAP@5 {ms.map_valid:.4f} -> "
                  f"{best.map_valid:.4f}, paired gain {g:+.4f} ± {se:.4f}")
         if keep: ms = best

@@ -25,9 +25,9 @@ from .metrics import reduce_by_id, query_aps
 
 # %% auto #0
 __all__ = ['amp_mode', 'amp_dtype', 'to_device_precision', 'backbone_splitter', 'save_checkpoint', 'load_checkpoint',
-           'load_opt_state', 'Checkpoint', 'BudgetCallback', 'paired_gain', 'SelectBest', 'Stage', 'fit_stages',
-           'eval_mode', 'features', 'cosine_sim', 'pooled_views', 'pca_whitening', 'identity_bn', 'retrieval_aps',
-           'plan_epochs']
+           'load_opt_state', 'Checkpoint', 'BudgetCallback', 'paired_gain', 'beats', 'from_rank0', 'SelectBest',
+           'Stage', 'fit_stages', 'eval_mode', 'features', 'cosine_sim', 'pooled_views', 'pca_whitening', 'identity_bn',
+           'retrieval_aps', 'plan_epochs']
 
 # %% ../nbs/03b_train.ipynb #9d4befeb
 def amp_mode(device=None) -> str|None:
@@ -124,6 +124,18 @@ def paired_gain(a, b) -> tuple:
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     return float(d.mean()) if len(d) else 0., float(d.std(ddof=1)/math.sqrt(len(d))) if len(d) > 1 else math.inf
 
+def beats(a, b, z:float=1.) -> tuple:
+    "Whether per-photo AP@5 `a` beats `b` by more than `z` standard errors of the paired difference; with the gain and its SE"
+    g,se = paired_gain(a, b)
+    return g > z*se, g, se
+
+def from_rank0(x):
+    "`x` as DDP rank 0 has it (unchanged outside a process group of two or more), so that every rank decides on the same figures"
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2: return x
+    o = [x]; dist.broadcast_object_list(o, src=0)
+    return o[0]
+
 class SelectBest(Callback):
     "Score validation with `score(learn)` (per-photo AP@5) every epoch; keep the best smoothed epoch, stop after `patience`"
     order = 85
@@ -137,7 +149,7 @@ class SelectBest(Callback):
     def start(self, learn):
         "Score step 0 (before any training) and keep its weights"
         self.learn = learn
-        self.base,self.base_sd = np.asarray(self.score(learn)),self._snap()
+        self.base,self.base_sd = np.asarray(from_rank0(self.score(learn))),self._snap()
         log.info(f'validation MAP@5 at step 0: {self.base.mean():.4f} ({len(self.base)} photos)')
 
     def state(self) -> dict:
@@ -159,7 +171,7 @@ class SelectBest(Callback):
     def after_epoch(self):
         if not getattr(self, 'trained', False): return
         self.trained = False
-        self.hist.append(np.asarray(self.score(self.learn)))
+        self.hist.append(np.asarray(from_rank0(self.score(self.learn))))   # under DDP: rank 0's, so all stop alike
         i = len(self.hist) - 1; sm = self.smoothed(i)
         log.info(f'epoch {i}: validation MAP@5 {self.curve[-1]:.4f} (smoothed {sm:.4f})')
         if sm > self.best + self.eps:
@@ -173,8 +185,8 @@ class SelectBest(Callback):
         "Load the kept weights into `learn.model`: the best epoch's, or step 0's when the gain is within noise; returns which"
         if self.best_i is None or self.best_sd is None: return 'last'
         if self.base is not None and self.base_sd is not None:
-            g,se = paired_gain(self.hist[self.best_i], self.base)
-            if g <= self.z*se:
+            ok,g,se = beats(self.hist[self.best_i], self.base, self.z)
+            if not ok:
                 log.info(f'keeping step 0: epoch {self.best_i} changes validation MAP@5 by {g:+.4f} ± {se:.4f}, not more than {self.z:g} SE above it')
                 learn.model.load_state_dict(self.base_sd); return 'step 0'
             log.info(f'keeping epoch {self.best_i}: {g:+.4f} ± {se:.4f} over step 0 on validation')
