@@ -288,6 +288,8 @@ def test_fit_finetune():
     assert cs.shape == (4, 6) and cids == [f'w{i}' for i in range(6)]
     with torch.no_grad(): e = learn.model.eval()(torch.cat(list(__import__('whale_kernel.data', fromlist=['x']).img_batches(imgs[:4]))))
     np.testing.assert_allclose(cs, e[:, :6].numpy(), atol=1e-5)
+    rows = np.array([5, 1, 3])                                    # rows by index, as the fine-tune's selection reads them
+    np.testing.assert_allclose(arcface_class_scores(learn, imgs, idxs=rows)[0], arcface_class_scores(learn, imgs[rows])[0], atol=1e-5)
 
 def test_finetune_features_in_eval_mode_whatever_the_mode():
     from types import SimpleNamespace

@@ -207,13 +207,13 @@ class ViewDL(DataLoader):
 
 # %% ../nbs/04_arcface.ipynb #46c2b653
 @torch.no_grad()
-def arcface_class_scores(learn:Learner, imgs, bs:int=64, tta:bool=True):
-    "Cosines (N, n_ids) of `imgs` to each known whale's centre, mirror classes folded back; returns (scores, ids)"
+def arcface_class_scores(learn:Learner, imgs, bs:int=64, tta:bool=True, idxs=None):
+    "Cosines (N, n_ids) of rows `idxs` (default: all) of `imgs` to each known whale's centre, mirror classes folded back; returns (scores, ids)"
     model = learn.model.eval()
     dev = next(model.parameters()).device
     vocab = list(learn.wk['vocab'] if hasattr(learn, 'wk') else learn.dls.vocab); n = len(vocab)
     flip = model.head.n_classes == 2*n
-    def cos(fl): return torch.cat([model(x).float().cpu() for x in img_batches(imgs, bs=bs, device=dev, flip=fl)])
+    def cos(fl): return torch.cat([model(x).float().cpu() for x in img_batches(imgs, idxs, bs=bs, device=dev, flip=fl)])
     s = fold_flips(cos(False), n) if flip else cos(False)
     if tta: s = (s + (fold_flips(cos(True), n, flipped=True) if flip else cos(True))) / 2
     return s.numpy(), vocab
@@ -265,7 +265,7 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
         if learn.wk['frozen']:           # cached views: the whole training gallery is cheap to embed
             e = arcface_features(learn, imgs, tta=False, idxs=np.r_[va, tr])
             return retrieval_aps(cosine_sim(e[:len(va)], e[len(va):]), ids[va], ids[tr], p.reduce)
-        s,_ = arcface_class_scores(learn, imgs[va], tta=False)   # photos: the validation ones against one centre per whale
+        s,_ = arcface_class_scores(learn, imgs, tta=False, idxs=va)   # photos: the validation ones against one centre per whale
         return query_aps(s, vocab, ids[va])
     select = lambda: SelectBest(score, patience=p.patience, z=p.select_z) if len(va) else None
     ep = plan_epochs(len(rows), p.bs, p.arcface_steps, p.arcface_epochs)
