@@ -45,19 +45,34 @@ def test_parser_and_gpus():
     assert a.set == ['bs=8', 'arch=resnet18'] and a.preset == 'kaggle' and not a.features
     assert n_gpus() == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
-def test_pipeline_trains_arcface_on_two_ranks(tmp_path):
-    "`ddp=2`: the run trains ArcFace ('auto': frozen, then the thaw, chosen on validation) on two gloo ranks, then only loads their checkpoints"
+TINY = dict(size=(32, 64), bs=4, weights=None, workers=0, views=2, emb_dim=16, arcface_steps=8, arcface_epochs=(2, 2),
+            arcface_ft_steps=4, arcface_ft_epochs=(2, 2), siamese_arch=None, siamese_views=2, siamese_feats=16,
+            siamese_steps=8, siamese_epochs=(2, 2), rerank=False, pseudo=False)
+
+def test_pipeline_trains_on_two_ranks(tmp_path):
+    "`ddp=2`: the run trains ArcFace ('auto': frozen, then the thaw) and the Siamese on two gloo ranks, then only loads their checkpoints"
     from whale_kernel.pipeline import run
     from whale_kernel.ensemble import ModelScores
     data = _competition(tmp_path/'comp', n_whales=6, per_whale=3, n_new=3)
     out = tmp_path/'run'
-    run(data=data, out=out, models=('arcface',), quiet=True, ddp=2, size=(32, 64), bs=4, weights=None, workers=0, views=2,
-        emb_dim=16, arcface_steps=8, arcface_epochs=(2, 2), arcface_ft_steps=4, arcface_ft_epochs=(2, 2), rerank=False, pseudo=False)
-    r = [json.loads((out/'models'/f'rank{i}.json').read_text()) for i in (0, 1)]
-    assert all(o['world'] == 2 and o['backend'] == 'gloo' for o in r)
-    assert r[0]['digest'] == r[1]['digest'] and r[0]['seen'] > 0 and r[0]['batches'] == r[1]['batches']   # trained distributed, in step
-    assert r[0]['first_batch'] != r[1]['first_batch']
-    ms = ModelScores.load(next((out/'scores').glob('arcface_*.npz')))
-    assert ms.info['fit_log'] == []                                               # this process trained nothing: it loaded rank 0's
-    assert len(ms.info['curve']) >= 2 and (out/'submission.csv').exists()
+    run(data=data, out=out, models=('arcface', 'siamese'), quiet=True, ddp=2, **TINY)
+    for pre,name in [('', 'arcface'), ('siamese_', 'siamese')]:
+        r = [json.loads((out/'models'/f'{pre}rank{i}.json').read_text()) for i in (0, 1)]
+        assert all(o['world'] == 2 and o['backend'] == 'gloo' for o in r)
+        assert r[0]['digest'] == r[1]['digest'] and r[0]['seen'] > 0 and r[0]['batches'] == r[1]['batches']   # trained distributed, in step
+        assert r[0]['first_batch'] != r[1]['first_batch']
+        ms = ModelScores.load(next((out/'scores').glob(f'{name}_*.npz')))
+        assert ms.info['fit_log'] == []                                           # this process trained nothing: it loaded rank 0's
+        assert len(ms.info['curve']) >= 2
     sub = pd.read_csv(out/'submission.csv'); assert list(sub.columns) == ['Image', 'Id'] and len(sub) == 1
+
+def test_siamese_finetune_two_ranks_mine_alike(tmp_path):
+    "The whole Siamese network on two ranks, LAP mining from the second epoch (no validation, so no selection puts step 0 back): both ranks end with the same, trained, weights"
+    data = _competition(tmp_path/'comp', n_whales=6, per_whale=3, n_new=3)
+    out = tmp_path/'out'
+    sets = [f'{k}={json.dumps(v)}' for k,v in {**TINY, 'siamese_mode': 'finetune'}.items() if k != 'size']
+    launch_ddp(2, ['--model', 'siamese', '--data', data, '--out', out, '--preset', 'cpu', '--size', 32, 64, '--no-valid', '--set', *sets],
+               backend='gloo', timeout=240, quiet=True, env={'CUDA_VISIBLE_DEVICES': ''})
+    r = [json.loads((out/f'siamese_rank{i}.json').read_text()) for i in (0, 1)]
+    assert r[0]['digest'] == r[1]['digest'] != r[0]['digest_start'] and r[0]['seen'] > 0
+    assert state_digest(torch.load(out/'siamese_weights.pth', weights_only=True)) == r[0]['digest']

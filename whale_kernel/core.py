@@ -87,7 +87,7 @@ class Preset:
     box_tta:bool = True                # with boxes: test photos also cropped at two other box margins (the seed's scale jitter)
     mixed_precision:bool = True        # bf16 (fp16 with loss scaling where bf16 is slow), only on CUDA
     channels_last:bool = True          # only on CUDA
-    ddp:int = 0                        # ArcFace on this many torchrun processes; 0: on every GPU when there are two or more
+    ddp:int = 0                        # ArcFace and Siamese on this many torchrun processes; 0: every GPU when there are two or more
     time_budget:float|None = None      # minutes for the whole run; None means unlimited
     seed:int = 42
 

@@ -217,7 +217,7 @@ WEIGHTS = WEIGHTS or find_weights(preset.arch, INPUT.parent)
 show_data(DATA)"""),
 ('markdown', 'md-run', """## Train and predict
 `run` caches the photos at the preset's size, holds out a validation split, trains each model in turn within the time
-budget (mixed precision on the T4s; ArcFace on both T4s through DDP, in a torchrun subprocess), and scores validation
+budget (mixed precision on the T4s; ArcFace and the Siamese on both T4s through DDP, in a torchrun subprocess), and scores validation
 and test photos against the training gallery. Each
 model's validation MAP@5 prints as it finishes; whatever submission exists is kept, even if a later model fails."""),
 ('code', 'run', """from whale_kernel.pipeline import run

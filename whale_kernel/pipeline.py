@@ -76,11 +76,11 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
     ids = np.asarray(ids, dtype=object); known = ids != NEW_WHALE
     tr, va = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
     reserve = 0.1*budget.left if budget is not None and math.isfinite(budget.left) else 0.
-    if name == 'arcface' and path is not None and (n := ddp_procs(p)) > 1:   # train on every GPU; the fit below then loads it
+    if name in ('arcface', 'siamese') and path is not None and (n := ddp_procs(p)) > 1:   # on every GPU; the fit below loads it
         left = None if budget is None or not math.isfinite(budget.left) else max(budget.left - reserve, 1.)
         try:
-            log.info(f'arcface: training on {n} DDP processes'); fit_ddp(imgs, ids, is_valid, p, path, n, timeout=left, quiet=False)
-        except Exception as e: log.warning(f'arcface: the {n}-process DDP run failed or was cut short ({str(e).splitlines()[0]}); going on in this process')
+            log.info(f'{name}: training on {n} DDP processes'); fit_ddp(imgs, ids, is_valid, p, path, n, timeout=left, quiet=False, model=name)
+        except Exception as e: log.warning(f'{name}: the {n}-process DDP run failed or was cut short ({str(e).splitlines()[0]}); going on in this process')
     model = spec.fit(imgs, ids, tr, valid_idx=va[known[va]], preset=p, path=path, budget=budget, cache_dir=cache_dir, reserve=reserve)
     ft = spec.features(model, imgs, tta=p.tta)
     gal, gtr = np.flatnonzero(known), np.flatnonzero(known & ~is_valid)

@@ -23,7 +23,7 @@ from timm.layers import SelectAdaptivePool2d
 from .core import Preset, get_preset, seed_everything, log
 from .data import NEW_WHALE, aug_tfms, preset_aug
 from .backbone import create_backbone, weights_tag
-from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, SelectBest, features,
+from .train import (from_rank0, backbone_splitter, to_device_precision, Stage, fit_stages, SelectBest, features,
                                 pooled_views, retrieval_aps, plan_epochs, eval_mode, pca_whitening, identity_bn)
 from .lap import PairMiner, k_schedule
 from .pairscore import SymmetricHead, HeadFactors, scores_fast, scores_exact, scores_naive
@@ -141,9 +141,9 @@ class LapMining(Callback):
         st['refreshed'] = k < self.k_random and (self.feats is None or self.epoch - self.since >= self.lap_every)
         if st['refreshed']: self.refresh()
         st['refresh'] = time.perf_counter() - t; t = time.perf_counter()
-        pairs = self.miner.epoch_pairs(self.score if k < self.k_random else None, k=k, blocks=self.blocks, mode=self.mode)
+        pairs = from_rank0(self.miner.epoch_pairs(self.score if k < self.k_random else None, k=k, blocks=self.blocks, mode=self.mode))
         st['lap'] = time.perf_counter() - t - st['score']
-        self.dls.train.set_pairs(pairs)
+        dl = self.dls.train; getattr(dl, 'dl', dl).set_pairs(pairs)   # under DDP: the loader inside the `RankDL`, with rank 0's pairs on every rank
         self.stats.append(st)
 
     def refresh(self):
