@@ -205,3 +205,18 @@ def test_extras_only_when_validation_says_so(knn_inputs, wklog):
     assert always.info['rerank'] in PRESETS['cpu'].rerank_beta or always.info['pseudo']['conf'] == 0.
     assert not np.array_equal(always.test.values, plain.test.values)
     if always.info['pseudo']: assert always.info['pseudo']['n'] > 0
+
+def test_arcface_class_centres_candidate(knn_inputs, wklog):
+    "ArcFace's centres are an extra like the others: averaged in only when validation says so, and only when asked for"
+    from whale_kernel.pipeline import score_model
+    imgs, ids, isv, timgs, vn, tn = knn_inputs
+    kw = {**TINY, 'arcface_mode': 'frozen', 'arcface_epochs': (2, 2), 'rerank': False, 'pseudo': False}
+    sm = lambda **o: score_model('arcface', imgs, ids, isv, timgs, get_preset('cpu', **{**kw, **o}), vn, tn)
+    plain = sm(centres=False)
+    assert plain.info['centres'] is False and 'best extra' not in wklog.text
+    on = sm(select_z=-1e9)                                           # the centres are the only candidate, and any gain clears the bar
+    assert on.info['centres'] is True and "{'centres': True} kept" in wklog.text
+    assert on.test.values.shape == plain.test.values.shape and not np.allclose(on.test.values, plain.test.values)
+    off = sm(select_z=1e9)
+    assert off.info['centres'] is False and "{'centres': True} not kept" in wklog.text
+    np.testing.assert_allclose(off.test.values, plain.test.values)

@@ -28,7 +28,7 @@ from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, S
 # %% auto #0
 __all__ = ['GeM', 'CosineHead', 'ArcFaceNet', 'arc_margin', 'ArcFaceLoss', 'dynamic_margins', 'flip_labels', 'fold_flips',
            'FlipClasses', 'oversample', 'imprint', 'arcface_model', 'arcface_learner', 'ViewDL', 'arcface_class_scores',
-           'fit_arcface', 'arcface_features', 'arcface_similarity']
+           'fit_arcface', 'arcface_features', 'arcface_similarity', 'arcface_centre_scores']
 
 # %% ../nbs/04_arcface.ipynb #d8fc8d34
 class GeM(nn.Module):
@@ -308,3 +308,14 @@ def arcface_features(learn:Learner, imgs, bs:int=256, tta:bool=True, idxs=None) 
 def arcface_similarity(learn:Learner, qf, gf) -> np.ndarray:
     "Cosine similarity (Q,G) float32 of embeddings `qf` and `gf`, averaged over their views"
     return cosine_sim(qf, gf, views=qf.shape[1] // learn.model.fc.out_features)
+
+@torch.no_grad()
+def arcface_centre_scores(learn:Learner, feats, bs:int=4096) -> tuple:
+    "Cosines (N, n_ids) of embeddings `feats` (`arcface_features`: plain, then mirrored) to each known whale's centre, views averaged; (scores, ids)"
+    m = learn.model.eval(); D = m.fc.out_features; vocab = list(learn.wk['vocab'] if hasattr(learn, 'wk') else learn.dls.vocab); n = len(vocab)
+    flip = m.head.n_classes == 2*n; V = feats.shape[1] // D; dev = next(m.parameters()).device
+    def one(v, x):
+        c = m.head(x.to(dev)).float().cpu()
+        return fold_flips(c, n, flipped=v == 1) if flip else c
+    out = torch.cat([sum(one(v, f[:, v*D:(v+1)*D]) for v in range(V)) / V for f in feats.split(bs)] or [torch.zeros(0, n)])
+    return out.numpy(), vocab

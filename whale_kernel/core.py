@@ -83,6 +83,7 @@ class Preset:
     rerank_beta:tuple = (0.5, 1.)      # strengths tried (0, no re-ranking, is always a candidate)
     pseudo:bool = True                 # try confident test photos in the gallery on validation; kept only when it gains
     pseudo_conf:tuple = (0.9, 0.7)     # calibrated probabilities tried as the confidence rule
+    centres:bool = True                # ArcFace: try whale scores averaged with the class-centre cosines; kept only when it gains
     tta:bool = True                    # horizontal-flip test-time augmentation
     box_tta:bool = True                # with boxes: test photos also cropped at two other box margins (the seed's scale jitter)
     mixed_precision:bool = True        # bf16 (fp16 with loss scaling where bf16 is slow), only on CUDA

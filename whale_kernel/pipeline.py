@@ -20,7 +20,7 @@ from .ensemble import ScoreMatrix, ModelScores, blend, topk_mean, csls, to_prob
 from .train import beats
 from .ddp import ddp_procs, fit_ddp
 from .knn import fit_knn, knn_features, knn_similarity
-from .arcface import fit_arcface, arcface_features, arcface_similarity
+from .arcface import fit_arcface, arcface_features, arcface_similarity, arcface_centre_scores
 from .siamese import fit_siamese, siamese_features, siamese_similarity
 
 # %% auto #0
@@ -34,9 +34,10 @@ class ModelSpec:
     fit:Callable
     features:Callable
     similarity:Callable
+    centres:Callable|None = None       # (model, features) -> (scores to each known whale's centre, their ids), if it has centres
 
 MODELS = {s.name: s for s in [ModelSpec('knn', fit_knn, knn_features, knn_similarity),
-                               ModelSpec('arcface', fit_arcface, arcface_features, arcface_similarity),
+                               ModelSpec('arcface', fit_arcface, arcface_features, arcface_similarity, arcface_centre_scores),
                                ModelSpec('siamese', fit_siamese, siamese_features, siamese_similarity)]}
 
 # %% ../nbs/07_pipeline.ipynb #f8a200c2
@@ -53,6 +54,13 @@ def _join(r, rn, su, lab, all_ids, reduce):
     own = np.isinf(su); n = rn + (~own).astype(np.float32) @ L
     tot = np.where(rn > 0, r, 0)*rn + np.where(own, 0, su) @ L
     return np.where(n > 0, tot/np.maximum(n, 1), -np.inf).astype(np.float32)
+
+def _with_centres(s, c, vocab, all_ids):
+    "Whale scores `s` (Q, n_ids over `all_ids`) averaged with cosines `c` (Q, len(vocab)) to the whales' centres; `s` alone where a whale has none"
+    out = np.array(s, dtype=np.float32, copy=True)
+    pos = {w:i for i,w in enumerate(all_ids)}; cols = np.array([pos[w] for w in vocab], dtype=int)
+    out[:, cols] = (out[:, cols] + np.asarray(c, np.float32))/2
+    return out
 
 def _pseudo(spec, model, ms, conf, pt_tr, sv0, fv, tfs, rts, ids, gal, gtr, all_ids, reduce, fit):
     "`ms` rescored with the test photos named with probability ≥ `conf` (and above the `new_whale` threshold) in the gallery"
@@ -88,7 +96,7 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
     sels = [o for o in getattr(model, 'selectors', [getattr(model, 'selector', None)]) if o is not None]   # one per training phase
     info = dict(kept=getattr(model, 'kept', None), curve=[round(float(c), 4) for o in sels for c in o.curve],
                 step0=None if not sels or sels[0].base is None else round(float(sels[0].base.mean()), 4),
-                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None)
+                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None, centres=False)
     betas = [0.] + (list(p.rerank_beta) if p.rerank and len(va) else [])
     k = p.rerank_k; sv, st, tfs, rts = {}, {b: 0. for b in betas}, [], []
     crops = timgs if isinstance(timgs, list) else [timgs]
@@ -107,6 +115,9 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
                                               time.monotonic() - t0, {**info, **extra})
     ms = fit(sv[0.], st[0.], {})
     cands = [fit(sv[b], st[b], dict(rerank=b)) for b in betas[1:]]
+    if spec.centres is not None and p.centres and len(va):    # the classifier's own view, averaged in
+        mix = lambda s, f: _with_centres(s, *spec.centres(model, f), all_ids)
+        cands.append(fit(mix(sv[0.], ft[va]), sum(mix(r, tf) for r,tf in zip(rts, tfs))/len(tfs), dict(centres=True)))
     if p.pseudo and len(va):
         pt_tr = to_prob(st_tr, ms.ab)
         cands += [o for o in (_pseudo(spec, model, ms, conf, pt_tr, sv[0.], ft[va], tfs, rts, ids, gal, gtr, all_ids, p.reduce, fit)
@@ -115,9 +126,10 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
         aps = lambda m: query_aps(m.pv, m.valid.ids, m.truth, m.thr)
         best = max(cands, key=lambda m: m.map_valid)
         keep,g,se = beats(aps(best), aps(ms), p.select_z)
-        what = {k_:v for k_,v in best.info.items() if k_ in ('rerank', 'pseudo') and v}
+        what = {k_:v for k_,v in best.info.items() if k_ in ('rerank', 'pseudo', 'centres') and v}
+        tried = ', '.join(f"{ {k_:v for k_,v in m.info.items() if k_ in ('rerank', 'pseudo', 'centres') and v} } {m.map_valid:.4f}" for m in cands)
         log.info(f"{name}: best extra {what} {'kept' if keep else 'not kept'}: validation MAP@5 {ms.map_valid:.4f} -> "
-                 f"{best.map_valid:.4f}, paired gain {g:+.4f} ± {se:.4f}")
+                 f"{best.map_valid:.4f}, paired gain {g:+.4f} ± {se:.4f} (tried: {tried})")
         if keep: ms = best
     ms.secs = time.monotonic() - t0
     return ms
