@@ -76,3 +76,11 @@ def test_siamese_finetune_two_ranks_mine_alike(tmp_path):
     r = [json.loads((out/f'siamese_rank{i}.json').read_text()) for i in (0, 1)]
     assert r[0]['digest'] == r[1]['digest'] != r[0]['digest_start'] and r[0]['seen'] > 0
     assert state_digest(torch.load(out/'siamese_weights.pth', weights_only=True)) == r[0]['digest']
+
+def test_ddp_procs_and_a_bad_count():
+    from whale_kernel.core import get_preset
+    from whale_kernel.ddp import ddp_procs
+    assert ddp_procs(get_preset('cpu', ddp=3)) == 3
+    assert ddp_procs(get_preset('cpu')) == (n_gpus() if n_gpus() > 1 else 1)   # 0: every GPU when there are two or more
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match='Preset.ddp must be a process count'): get_preset('cpu', ddp=bad)

@@ -27,8 +27,8 @@ from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, S
 
 # %% auto #0
 __all__ = ['GeM', 'CosineHead', 'ArcFaceNet', 'arc_margin', 'ArcFaceLoss', 'dynamic_margins', 'flip_labels', 'fold_flips',
-           'FlipClasses', 'oversample', 'imprint', 'arcface_model', 'arcface_learner', 'ViewDL', 'arcface_class_scores',
-           'fit_arcface', 'arcface_features', 'arcface_similarity', 'arcface_centre_scores']
+           'FlipClasses', 'oversample', 'imprint', 'arcface_model', 'arcface_learner', 'ViewDL',
+           'arcface_centre_scores', 'arcface_class_scores', 'fit_arcface', 'arcface_features', 'arcface_similarity']
 
 # %% ../nbs/04_arcface.ipynb #d8fc8d34
 class GeM(nn.Module):
@@ -207,16 +207,20 @@ class ViewDL(DataLoader):
 
 # %% ../nbs/04_arcface.ipynb #46c2b653
 @torch.no_grad()
+def arcface_centre_scores(learn:Learner, feats, bs:int=4096) -> tuple:
+    "Cosines (N, n_ids) of embeddings `feats` (`arcface_features`: plain, then mirrored) to each known whale's centre, views averaged; (scores, ids)"
+    m = learn.model; D = m.fc.out_features; vocab = list(learn.wk['vocab'] if hasattr(learn, 'wk') else learn.dls.vocab); n = len(vocab)
+    flip = m.head.n_classes == 2*n; V = feats.shape[1] // D; dev = next(m.parameters()).device
+    def one(v, x):
+        c = m.head(x.to(dev)).float().cpu()      # the head has no batch norm: eval or train mode alike
+        return fold_flips(c, n, flipped=v == 1) if flip else c
+    out = torch.cat([sum(one(v, f[:, v*D:(v+1)*D]) for v in range(V)) / V for f in feats.split(bs)] or [torch.zeros(0, n)])
+    return out.numpy(), vocab
+
 def arcface_class_scores(learn:Learner, imgs, bs:int=64, tta:bool=True, idxs=None):
     "Cosines (N, n_ids) of rows `idxs` (default: all) of `imgs` to each known whale's centre, mirror classes folded back; returns (scores, ids)"
-    model = learn.model.eval()
-    dev = next(model.parameters()).device
-    vocab = list(learn.wk['vocab'] if hasattr(learn, 'wk') else learn.dls.vocab); n = len(vocab)
-    flip = model.head.n_classes == 2*n
-    def cos(fl): return torch.cat([model(x).float().cpu() for x in img_batches(imgs, idxs, bs=bs, device=dev, flip=fl)])
-    s = fold_flips(cos(False), n) if flip else cos(False)
-    if tta: s = (s + (fold_flips(cos(True), n, flipped=True) if flip else cos(True))) / 2
-    return s.numpy(), vocab
+    m = learn.model
+    return arcface_centre_scores(learn, features(m.embed, imgs, idxs, bs=bs, tta=tta, model=m))
 
 # %% ../nbs/04_arcface.ipynb #435104a5
 def _split_rows(ids, train_idx, valid_idx):
@@ -308,14 +312,3 @@ def arcface_features(learn:Learner, imgs, bs:int=256, tta:bool=True, idxs=None) 
 def arcface_similarity(learn:Learner, qf, gf) -> np.ndarray:
     "Cosine similarity (Q,G) float32 of embeddings `qf` and `gf`, averaged over their views"
     return cosine_sim(qf, gf, views=qf.shape[1] // learn.model.fc.out_features)
-
-@torch.no_grad()
-def arcface_centre_scores(learn:Learner, feats, bs:int=4096) -> tuple:
-    "Cosines (N, n_ids) of embeddings `feats` (`arcface_features`: plain, then mirrored) to each known whale's centre, views averaged; (scores, ids)"
-    m = learn.model.eval(); D = m.fc.out_features; vocab = list(learn.wk['vocab'] if hasattr(learn, 'wk') else learn.dls.vocab); n = len(vocab)
-    flip = m.head.n_classes == 2*n; V = feats.shape[1] // D; dev = next(m.parameters()).device
-    def one(v, x):
-        c = m.head(x.to(dev)).float().cpu()
-        return fold_flips(c, n, flipped=v == 1) if flip else c
-    out = torch.cat([sum(one(v, f[:, v*D:(v+1)*D]) for v in range(V)) / V for f in feats.split(bs)] or [torch.zeros(0, n)])
-    return out.numpy(), vocab

@@ -104,6 +104,8 @@ class Preset:
         for k,ok in [('reduce',('max','mean')), ('arcface_mode',('frozen','finetune','auto')), ('siamese_mode',('frozen','finetune')),
                      ('arcface_unfreeze',('all','late'))]:
             if getattr(self, k) not in ok: raise ValueError(f"Preset.{k} must be one of {ok}, got {getattr(self, k)!r}")
+        if isinstance(self.ddp, bool) or not isinstance(self.ddp, int) or self.ddp < 0:
+            raise ValueError(f'Preset.ddp must be a process count >= 0 (0: every GPU when there are two or more), got {self.ddp!r}')
 
 # %% ../nbs/00_core.ipynb #89f75cde
 PRESETS = dict(

@@ -71,10 +71,10 @@ def _pseudo(spec, model, ms, conf, pt_tr, sv0, fv, tfs, rts, ids, gal, gtr, all_
     v = _join(sv0, count(gtr), spec.similarity(model, fv, tfs[0][u]), lab, all_ids, reduce)
     # test: labels from the whole gallery; each pseudo-labelled photo joins it as its crop 0, and is no evidence for itself
     u,lab = _confident(ms.pt, ms.test.ids, conf, ms.thr)
-    t = 0.
+    t, rn = 0., count(gal)
     for tf,r in zip(tfs, rts):          # `rts`: each crop's plain whale scores, so the gallery is not compared again
         su = spec.similarity(model, tf, tfs[0][u]); su[u, np.arange(len(u))] = -np.inf
-        t = t + _join(r, count(gal), su, lab, all_ids, reduce)/len(tfs)
+        t = t + _join(r, rn, su, lab, all_ids, reduce)/len(tfs)
     return fit(v, t, dict(pseudo=dict(conf=conf, n=int(len(u)))))
 
 # %% ../nbs/07_pipeline.ipynb #00ac9c7d
@@ -126,9 +126,9 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
         aps = lambda m: query_aps(m.pv, m.valid.ids, m.truth, m.thr)
         best = max(cands, key=lambda m: m.map_valid)
         keep,g,se = beats(aps(best), aps(ms), p.select_z)
-        what = {k_:v for k_,v in best.info.items() if k_ in ('rerank', 'pseudo', 'centres') and v}
-        tried = ', '.join(f"{ {k_:v for k_,v in m.info.items() if k_ in ('rerank', 'pseudo', 'centres') and v} } {m.map_valid:.4f}" for m in cands)
-        log.info(f"{name}: best extra {what} {'kept' if keep else 'not kept'}: validation MAP@5 {ms.map_valid:.4f} -> "
+        what = lambda m: {k_:v for k_,v in m.info.items() if k_ in ('rerank', 'pseudo', 'centres') and v}
+        tried = ', '.join(f'{what(m)} {m.map_valid:.4f}' for m in cands)
+        log.info(f"{name}: best extra {what(best)} {'kept' if keep else 'not kept'}: validation MAP@5 {ms.map_valid:.4f} -> "
                  f"{best.map_valid:.4f}, paired gain {g:+.4f} ± {se:.4f} (tried: {tried})")
         if keep: ms = best
     ms.secs = time.monotonic() - t0
