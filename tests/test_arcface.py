@@ -304,3 +304,49 @@ def test_class_scores_frozen(frozen):
     learn, imgs, ids, path = frozen
     cs, cids = arcface_class_scores(learn, imgs[:4], tta=False)
     assert cs.shape == (4, 6) and cids == [f'w{i}' for i in range(6)]
+
+# --- a second round on pseudo-labels (issue 8 item 6) ------------------------------------------------------------------
+
+from whale_kernel.arcface import arcface_pseudo_round, _Rows
+from whale_kernel.train import plan_epochs
+from whale_kernel.core import get_preset
+
+def test_rows_view_reads_both_arrays_without_a_copy():
+    a = np.arange(5*2*3*3, dtype=np.uint8).reshape(5, 2, 3, 3); b = a[::-1] + 100
+    x = _Rows(a, [4, 0], b, [1, 2])
+    assert len(x) == 4
+    np.testing.assert_array_equal(np.stack([x[i] for i in range(4)]), np.stack([a[4], a[0], b[1], b[2]]))
+    np.testing.assert_array_equal(x[-1], b[2]); np.testing.assert_array_equal(x[np.int64(1)], a[0])
+    with pytest.raises(IndexError): x[4]
+
+@pytest.mark.parametrize('mode', ['frozen', 'finetune'])
+def test_pseudo_round_trains_on_the_named_test_photos_and_resumes(mode, tmp_path):
+    "The round trains the kept weights on the train photos plus the named test photos, checkpoints, and a rerun only loads it"
+    imgs, ids = toy_whales()
+    timgs = imgs[[1, 4, 7, 19]][:, :, ::-1].copy()               # 'test' photos: mirrored train photos of w0, w1, w2 and a new_whale
+    p = tiny_preset(arcface_mode=mode, arcface_epochs=(2, 2), arcface_ft_epochs=(1, 1), arcface_freeze_epochs=0,
+                    arcface_steps=40, arcface_ft_steps=40, pseudo_round=0.5)
+    with quiet_bars(True):
+        learn = fit_arcface(imgs, ids, TR, VA, preset=p, path=tmp_path, cache_dir=tmp_path/'cache')
+        before = state(learn.model)
+        out = arcface_pseudo_round(learn, imgs, ids, TR, timgs, [0, 1, 2], ['w0', 'w1', 'w2'], preset=p, path=tmp_path)
+    n_rows = len(oversample(np.arange(18 + 3), np.r_[ids[:18], ['w0', 'w1', 'w2']], p.min_per_id))
+    want = plan_epochs(n_rows, p.bs, 20, (1, (p.arcface_epochs if mode == 'frozen' else p.arcface_ft_epochs)[1]))
+    assert [(o['stage'], len(o['secs'])) for o in out.fit_log] == [('pseudo', want)]
+    assert not same_state(state(out.model), before)
+    assert out.kept.endswith(f'then a pseudo-label round (3 test photos, {want} epochs)')
+    assert load_checkpoint(tmp_path/'arcface_pseudo.pth')['stage'] == 'pseudo'
+    assert _thawed(out) == ((False, False) if mode == 'frozen' else (True, False))   # 'late': as the fine-tune thawed it
+    with quiet_bars(True):                                           # the same call again: both checkpoints finished, nothing trains
+        again = fit_arcface(imgs, ids, TR, VA, preset=p, path=tmp_path, cache_dir=tmp_path/'cache')
+        again = arcface_pseudo_round(again, imgs, ids, TR, timgs, [0, 1, 2], ['w0', 'w1', 'w2'], preset=p, path=tmp_path)
+    assert again.fit_log == [] and same_state(state(again.model), state(out.model))
+
+def test_pseudo_round_checks_its_input(frozen):
+    learn, imgs, ids, path = frozen
+    with pytest.raises(ValueError, match='name no whale the model knows'):
+        arcface_pseudo_round(learn, imgs, ids, TR, imgs, [0], ['w99'], preset=tiny_preset())
+    with pytest.raises(ValueError, match='2 test rows but 1 names'):
+        arcface_pseudo_round(learn, imgs, ids, TR, imgs, [0, 1], ['w0'], preset=tiny_preset())
+    for bad in (-0.1, 1.5, True, 'half'):
+        with pytest.raises(ValueError, match='Preset.pseudo_round must be a share'): get_preset('cpu', pseudo_round=bad)

@@ -48,3 +48,10 @@ def test_cache_tells_weights_apart(toy, tmp_path):
     real = fit_knn(imgs, ids, np.arange(len(ids)), preset=tiny_preset(arch='efficientnet_lite0', weights='offline'), cache_dir=tmp_path)
     assert not torch.allclose(knn_features(real, imgs), f_rand)
     torch.testing.assert_close(knn_features(real, imgs), knn_features(KNN(real.backbone), imgs))   # = uncached
+
+def test_features_of_chosen_rows(tmp_path):
+    "`idxs` picks rows, as the pipeline asks only for the gallery and validation photos"
+    imgs, ids = toy_whales(n_ids=3, per_id=2, n_new=0)
+    m = fit_knn(imgs, ids, np.arange(len(ids)), preset=tiny_preset(), cache_dir=tmp_path)
+    torch.testing.assert_close(knn_features(m, imgs, idxs=[4, 1]), knn_features(m, imgs)[[4, 1]])
+    assert knn_features(m, imgs, tta=False, idxs=np.array([0])).shape == (1, m.backbone.num_features)

@@ -210,7 +210,7 @@ def test_arcface_class_centres_candidate(knn_inputs, wklog):
     "ArcFace's centres are an extra like the others: averaged in only when validation says so, and only when asked for"
     from whale_kernel.pipeline import score_model
     imgs, ids, isv, timgs, vn, tn = knn_inputs
-    kw = {**TINY, 'arcface_mode': 'frozen', 'arcface_epochs': (2, 2), 'rerank': False, 'pseudo': False}
+    kw = {**TINY, 'arcface_mode': 'frozen', 'arcface_epochs': (2, 2), 'rerank': False, 'pseudo': False, 'pseudo_round': 0.}
     sm = lambda **o: score_model('arcface', imgs, ids, isv, timgs, get_preset('cpu', **{**kw, **o}), vn, tn)
     plain = sm(centres=False)
     assert plain.info['centres'] is False and 'best extra' not in wklog.text
@@ -220,3 +220,20 @@ def test_arcface_class_centres_candidate(knn_inputs, wklog):
     off = sm(select_z=1e9)
     assert off.info['centres'] is False and "{'centres': True} not kept" in wklog.text
     np.testing.assert_allclose(off.test.values, plain.test.values)
+
+def test_pseudo_round_only_when_validation_says_so(knn_inputs, wklog):
+    "ArcFace's second round on confident test photos: tried only when asked for, kept only when validation says so"
+    from whale_kernel.pipeline import score_model
+    imgs, ids, isv, timgs, vn, tn = knn_inputs
+    kw = {**TINY, 'arcface_mode': 'frozen', 'arcface_epochs': (2, 2), 'rerank': False, 'centres': False, 'pseudo_conf': (0.,)}
+    sm = lambda **o: score_model('arcface', imgs, ids, isv, timgs, get_preset('cpu', **{**kw, **o}), vn, tn)
+    plain = sm(pseudo=False, pseudo_round=0.)
+    assert plain.info['pseudo_round'] is None and 'pseudo-label round' not in wklog.text
+    off = sm(pseudo=False, pseudo_round=0.5, select_z=1e9)           # tried, but no gain clears this bar
+    assert 'pseudo-label round' in wklog.text and 'not kept' in wklog.text and off.info['pseudo_round'] is None
+    np.testing.assert_allclose(off.test.values, plain.test.values)
+    on = sm(pseudo=False, pseudo_round=0.5, select_z=-1e9)           # any gain clears it
+    r = on.info['pseudo_round']
+    assert r['conf'] == 0. and 0 < r['n'] <= len(tn) and 'pseudo-label round' in on.info['kept']
+    assert on.test.values.shape == plain.test.values.shape and not np.allclose(on.test.values, plain.test.values)
+    assert list(on.truth) == list(plain.truth)                       # the validation answers are the split's, never pseudo-labels

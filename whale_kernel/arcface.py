@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_arcface.ipynb #75e6f128
 from __future__ import annotations
-import math
+import hashlib, math
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn, torch.nn.functional as F
@@ -28,7 +28,8 @@ from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, S
 # %% auto #0
 __all__ = ['GeM', 'CosineHead', 'ArcFaceNet', 'arc_margin', 'ArcFaceLoss', 'dynamic_margins', 'flip_labels', 'fold_flips',
            'FlipClasses', 'oversample', 'imprint', 'arcface_model', 'arcface_learner', 'ViewDL',
-           'arcface_centre_scores', 'arcface_class_scores', 'fit_arcface', 'arcface_features', 'arcface_similarity']
+           'arcface_centre_scores', 'arcface_class_scores', 'fit_arcface', 'arcface_pseudo_round', 'arcface_features',
+           'arcface_similarity']
 
 # %% ../nbs/04_arcface.ipynb #d8fc8d34
 class GeM(nn.Module):
@@ -295,6 +296,51 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
         learn.kept,learn.selectors,learn.fit_log = f'{learn.kept} (fine-tune not kept)',tl.selectors,tl.fit_log; return learn
     tl.kept = f'{learn.kept}, then fine-tune {tl.kept}'
     return tl
+
+# %% ../nbs/04_arcface.ipynb #9b39d140
+class _Rows:
+    "Rows `rows` of `imgs`, then rows `extra_rows` of `extra`, read one at a time as `ArrayImage` asks: no copy of a full-size set"
+    def __init__(self, imgs, rows, extra, extra_rows):
+        self.imgs,self.rows,self.extra,self.extra_rows = imgs,np.asarray(rows, dtype=int),extra,np.asarray(extra_rows, dtype=int)
+    def __len__(self): return len(self.rows) + len(self.extra_rows)
+    def __getitem__(self, i):
+        i = int(i); n = len(self.rows)
+        if not -len(self) <= i < len(self): raise IndexError(f'row {i} of {len(self)}')
+        i %= len(self)
+        return self.imgs[self.rows[i]] if i < n else self.extra[self.extra_rows[i - n]]
+
+def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, test_ids, preset:Preset|str|None=None,
+                         path=None, budget=None, *, reserve:float=0., **overrides) -> Learner:
+    "`learn` trained on for a `pseudo_round` share of its phase's steps on the known whales of rows `train_idx` of `imgs` plus rows `test_idx` of `timgs` named `test_ids`"
+    p = get_preset(preset if isinstance(preset, Preset) else (preset or 'cpu'), **overrides)
+    seed_everything(p.seed)
+    c = learn.wk; vocab = list(c['vocab']); n = len(vocab); pos = {v:i for i,v in enumerate(vocab)}
+    ids,test_ids,test_idx = np.asarray(ids, dtype=object),np.asarray(test_ids, dtype=object),np.asarray(test_idx, dtype=int)
+    if len(test_idx) != len(test_ids): raise ValueError(f'arcface_pseudo_round: {len(test_idx)} test rows but {len(test_ids)} names')
+    unknown = sorted(set(test_ids) - set(vocab))
+    if unknown: raise ValueError(f'arcface_pseudo_round: {len(unknown)} pseudo-label(s) name no whale the model knows, e.g. {unknown[0]!r}')
+    tr = np.asarray(train_idx, dtype=int); tr = tr[np.isin(ids[tr], vocab)]
+    names = np.r_[ids[tr], test_ids]; labels = np.array([pos[o] for o in names])
+    rows = oversample(np.arange(len(names)), names, p.min_per_id)
+    m = learn.model; dev = next(m.parameters()).device
+    if c['frozen']:                      # the cached views: the train photos' are on disk already, the test photos' are few
+        kw = dict(views=p.views, aug_kw=c['aug_kw'], cache_dir=c['cache_dir'], tag=c['tag'], seed=c['seed'])
+        pv = torch.cat([pooled_views(m.backbone, imgs, **kw)[:, torch.as_tensor(tr, dtype=torch.long)],
+                        pooled_views(m.backbone, np.asarray(timgs[test_idx]), **kw)], 1)
+        dls = DataLoaders(ViewDL(rows, pv=pv, labels=labels, n_ids=n, random_view=True, bs=p.bs, shuffle=True,
+                                 drop_last=len(rows) >= 2*p.bs), ViewDL(None, pv=pv, labels=labels, n_ids=n, bs=2*p.bs), device=dev)
+        st = Stage('pseudo', plan_epochs(len(rows), p.bs, round(p.pseudo_round*p.arcface_steps), (1, p.arcface_epochs[1])), p.arcface_lr, 'backbone')
+    else:
+        x = _Rows(imgs, tr, timgs, test_idx)
+        dls = array_dls(x, names, rows, None, vocab=vocab, bs=p.bs, workers=p.workers, device=dev, aug_kw=c['aug_kw'])
+        st = Stage('pseudo', plan_epochs(len(rows), p.bs, round(p.pseudo_round*p.arcface_ft_steps), (1, p.arcface_ft_epochs[1])),
+                   slice(p.arcface_ft_lr/10, p.arcface_ft_lr), 'none' if p.arcface_unfreeze == 'all' else 'early')
+    learn.dls = dls
+    meta = dict(vocab=vocab, arch=p.arch, frozen=c['frozen'], share=p.pseudo_round, seed=p.seed,
+                names=hashlib.sha1('|'.join(map(str, names)).encode()).hexdigest()[:12], kept=getattr(learn, 'kept', None))
+    learn = fit_stages(learn, [st], None if path is None else Path(path)/'arcface_pseudo.pth', budget, reserve, None, meta)
+    learn.kept = f"{getattr(learn, 'kept', None) or 'last'}, then a pseudo-label round ({len(test_idx)} test photos, {st.epochs} epochs)"
+    return learn
 
 # %% ../nbs/04_arcface.ipynb #0bc2fe83
 @torch.no_grad()

@@ -52,7 +52,7 @@ class Preset:
     arcface_steps:int = 600            # neck + head (frozen) optimizer steps, turned into epochs for the data at hand
     arcface_epochs:tuple = (4, 60)     # floor and ceiling of the epochs `arcface_steps` asks for
     arcface_lr:float = 3e-4            # neck + head learning rate
-    arcface_ft_steps:int = 420         # backbone fine-tune ('finetune', 'auto') optimizer steps
+    arcface_ft_steps:int = 300         # backbone fine-tune ('finetune', 'auto') optimizer steps
     arcface_ft_epochs:tuple = (3, 14)  # floor and ceiling of the fine-tune's epochs
     arcface_ft_lr:float = 3e-3         # fine-tune rate of the late layers (early ones: /10)
     arcface_freeze_epochs:int = 1      # finetune: epochs with the backbone frozen before it thaws
@@ -83,6 +83,7 @@ class Preset:
     rerank_beta:tuple = (0.5, 1.)      # strengths tried (0, no re-ranking, is always a candidate)
     pseudo:bool = True                 # try confident test photos in the gallery on validation; kept only when it gains
     pseudo_conf:tuple = (0.9, 0.7)     # calibrated probabilities tried as the confidence rule
+    pseudo_round:float = 0.25          # ArcFace: a second round on the train plus confident test photos, this share of the kept phase's steps; kept only when it gains (0: none)
     centres:bool = True                # ArcFace: try whale scores averaged with the class-centre cosines; kept only when it gains
     tta:bool = True                    # horizontal-flip test-time augmentation
     box_tta:bool = True                # with boxes: test photos also cropped at two other box margins (the seed's scale jitter)
@@ -104,6 +105,8 @@ class Preset:
         for k,ok in [('reduce',('max','mean')), ('arcface_mode',('frozen','finetune','auto')), ('siamese_mode',('frozen','finetune')),
                      ('arcface_unfreeze',('all','late'))]:
             if getattr(self, k) not in ok: raise ValueError(f"Preset.{k} must be one of {ok}, got {getattr(self, k)!r}")
+        if isinstance(self.pseudo_round, bool) or not isinstance(self.pseudo_round, (int, float)) or not 0 <= self.pseudo_round <= 1:
+            raise ValueError(f"Preset.pseudo_round must be a share of the kept phase's steps in [0, 1] (0: no round), got {self.pseudo_round!r}")
         if isinstance(self.ddp, bool) or not isinstance(self.ddp, int) or self.ddp < 0:
             raise ValueError(f'Preset.ddp must be a process count >= 0 (0: every GPU when there are two or more), got {self.ddp!r}')
 

@@ -29,9 +29,10 @@ def fit_knn(imgs, ids, train_idx, valid_idx=None, preset:Preset|None=None, path=
     if torch.cuda.is_available(): bb = bb.cuda()
     return KNN(bb, tuple(imgs.shape[1:3]), cache_dir, weights_tag(p.arch, p.weights))
 
-def knn_features(model:KNN, imgs, bs:int=64, tta:bool=True) -> torch.Tensor:
-    "Pooled frozen-backbone features (N, V·C) of `imgs`, V=2 (plain, mirrored) with `tta`"
+def knn_features(model:KNN, imgs, bs:int=64, tta:bool=True, idxs=None) -> torch.Tensor:
+    "Pooled frozen-backbone features (N, V·C) of rows `idxs` (default: all) of `imgs`, V=2 (plain, mirrored) with `tta`"
     pv = pooled_views(model.backbone, imgs, views=1+tta, bs=bs, cache_dir=model.cache_dir, tag=model.tag)
+    if idxs is not None: pv = pv[:, torch.as_tensor(np.asarray(idxs), dtype=torch.long)]
     return pv.transpose(0, 1).flatten(1)
 
 def knn_similarity(model:KNN, qf, gf) -> np.ndarray:

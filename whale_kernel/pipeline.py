@@ -20,7 +20,7 @@ from .ensemble import ScoreMatrix, ModelScores, blend, topk_mean, csls, to_prob
 from .train import beats
 from .ddp import ddp_procs, fit_ddp
 from .knn import fit_knn, knn_features, knn_similarity
-from .arcface import fit_arcface, arcface_features, arcface_similarity, arcface_centre_scores
+from .arcface import fit_arcface, arcface_features, arcface_similarity, arcface_centre_scores, arcface_pseudo_round
 from .siamese import fit_siamese, siamese_features, siamese_similarity
 
 # %% auto #0
@@ -32,12 +32,13 @@ class ModelSpec:
     "How the pipeline trains and scores one model"
     name:str
     fit:Callable
-    features:Callable
+    features:Callable                  # (model, imgs, tta=, idxs=) -> features of rows `idxs` (default: all)
     similarity:Callable
     centres:Callable|None = None       # (model, features) -> (scores to each known whale's centre, their ids), if it has centres
+    pseudo_fit:Callable|None = None    # (model, imgs, ids, train rows, test photos, their rows, their names, ...) -> the model after a pseudo-label round
 
 MODELS = {s.name: s for s in [ModelSpec('knn', fit_knn, knn_features, knn_similarity),
-                               ModelSpec('arcface', fit_arcface, arcface_features, arcface_similarity, arcface_centre_scores),
+                               ModelSpec('arcface', fit_arcface, arcface_features, arcface_similarity, arcface_centre_scores, arcface_pseudo_round),
                                ModelSpec('siamese', fit_siamese, siamese_features, siamese_similarity)]}
 
 # %% ../nbs/07_pipeline.ipynb #f8a200c2
@@ -90,47 +91,71 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
             log.info(f'{name}: training on {n} DDP processes'); fit_ddp(imgs, ids, is_valid, p, path, n, timeout=left, quiet=False, model=name)
         except Exception as e: log.warning(f'{name}: the {n}-process DDP run failed or was cut short ({str(e).splitlines()[0]}); going on in this process')
     model = spec.fit(imgs, ids, tr, valid_idx=va[known[va]], preset=p, path=path, budget=budget, cache_dir=cache_dir, reserve=reserve)
-    ft = spec.features(model, imgs, tta=p.tta)
     gal, gtr = np.flatnonzero(known), np.flatnonzero(known & ~is_valid)
-    all_ids = sorted(set(ids[known]))
+    all_ids = sorted(set(ids[known])); need = np.union1d(gal, va)
     sels = [o for o in getattr(model, 'selectors', [getattr(model, 'selector', None)]) if o is not None]   # one per training phase
     info = dict(kept=getattr(model, 'kept', None), curve=[round(float(c), 4) for o in sels for c in o.curve],
                 step0=None if not sels or sels[0].base is None else round(float(sels[0].base.mean()), 4),
-                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None, centres=False)
-    betas = [0.] + (list(p.rerank_beta) if p.rerank and len(va) else [])
-    k = p.rerank_k; sv, st, tfs, rts = {}, {b: 0. for b in betas}, [], []
+                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None, centres=False, pseudo_round=None)
     crops = timgs if isinstance(timgs, list) else [timgs]
-    s_v = spec.similarity(model, ft[va], ft[gtr])
-    for c,t in enumerate(crops):                                          # TTA over the test crops
-        tfs.append(spec.features(model, t, tta=p.tta)); s = spec.similarity(model, tfs[-1], ft[gal])
-        if c == 0:   # how near each gallery photo sits to the test photos (their pictures, not their answers)
-            pos = np.searchsorted(gal, gtr); r_g = topk_mean(s, k, axis=0); r_gtr = r_g[pos]
-            st_tr = reduce_by_id(s[:, pos], ids[gtr], all_ids, p.reduce)[0]     # test against the training gallery alone
-            r_v = topk_mean(s_v, k) if len(betas) > 1 else None
-            for b in betas: sv[b] = reduce_by_id(csls(s_v, r_v, r_gtr, b) if b else s_v, ids[gtr], all_ids, p.reduce)[0]
-        r_t = topk_mean(s, k) if len(betas) > 1 else None                  # each neighbourhood once, whatever the betas
-        rts.append(reduce_by_id(s, ids[gal], all_ids, p.reduce)[0])
-        for b in betas: st[b] = st[b] + (reduce_by_id(csls(s, r_t, r_g, b), ids[gal], all_ids, p.reduce)[0] if b else rts[-1])/len(crops)
-    fit = lambda v, t, extra: ModelScores.fit(name, ScoreMatrix(vnames, all_ids, v), list(ids[va]), ScoreMatrix(tnames, all_ids, t),
-                                              time.monotonic() - t0, {**info, **extra})
-    ms = fit(sv[0.], st[0.], {})
-    cands = [fit(sv[b], st[b], dict(rerank=b)) for b in betas[1:]]
-    if spec.centres is not None and p.centres and len(va):    # the classifier's own view, averaged in
-        mix = lambda s, f: _with_centres(s, *spec.centres(model, f), all_ids)
-        cands.append(fit(mix(sv[0.], ft[va]), sum(mix(r, tf) for r,tf in zip(rts, tfs))/len(tfs), dict(centres=True)))
-    if p.pseudo and len(va):
-        pt_tr = to_prob(st_tr, ms.ab)
-        cands += [o for o in (_pseudo(spec, model, ms, conf, pt_tr, sv[0.], ft[va], tfs, rts, ids, gal, gtr, all_ids, p.reduce, fit)
-                              for conf in p.pseudo_conf) if o is not None]
+
+    def score_all(model, info):
+        "The plain scores of `model`, every extra tried on validation, and the test's whale scores against the training gallery alone"
+        f = spec.features(model, imgs, tta=p.tta, idxs=need)         # the gallery and validation photos: no other one is compared
+        ft = lambda rows: f[np.searchsorted(need, rows)]
+        betas = [0.] + (list(p.rerank_beta) if p.rerank and len(va) else [])
+        k = p.rerank_k; sv, st, tfs, rts = {}, {b: 0. for b in betas}, [], []
+        s_v = spec.similarity(model, ft(va), ft(gtr))
+        for c,t in enumerate(crops):                                          # TTA over the test crops
+            tfs.append(spec.features(model, t, tta=p.tta)); s = spec.similarity(model, tfs[-1], ft(gal))
+            if c == 0:   # how near each gallery photo sits to the test photos (their pictures, not their answers)
+                pos = np.searchsorted(gal, gtr); r_g = topk_mean(s, k, axis=0); r_gtr = r_g[pos]
+                st_tr = reduce_by_id(s[:, pos], ids[gtr], all_ids, p.reduce)[0]     # test against the training gallery alone
+                r_v = topk_mean(s_v, k) if len(betas) > 1 else None
+                for b in betas: sv[b] = reduce_by_id(csls(s_v, r_v, r_gtr, b) if b else s_v, ids[gtr], all_ids, p.reduce)[0]
+            r_t = topk_mean(s, k) if len(betas) > 1 else None                  # each neighbourhood once, whatever the betas
+            rts.append(reduce_by_id(s, ids[gal], all_ids, p.reduce)[0])
+            for b in betas: st[b] = st[b] + (reduce_by_id(csls(s, r_t, r_g, b), ids[gal], all_ids, p.reduce)[0] if b else rts[-1])/len(crops)
+        fit = lambda v, t, extra: ModelScores.fit(name, ScoreMatrix(vnames, all_ids, v), list(ids[va]), ScoreMatrix(tnames, all_ids, t),
+                                                  time.monotonic() - t0, {**info, **extra})
+        ms = fit(sv[0.], st[0.], {})
+        cands = [fit(sv[b], st[b], dict(rerank=b)) for b in betas[1:]]
+        if spec.centres is not None and p.centres and len(va):    # the classifier's own view, averaged in
+            mix = lambda s, f: _with_centres(s, *spec.centres(model, f), all_ids)
+            cands.append(fit(mix(sv[0.], ft(va)), sum(mix(r, tf) for r,tf in zip(rts, tfs))/len(tfs), dict(centres=True)))
+        if p.pseudo and len(va):
+            pt_tr = to_prob(st_tr, ms.ab)
+            cands += [o for o in (_pseudo(spec, model, ms, conf, pt_tr, sv[0.], ft(va), tfs, rts, ids, gal, gtr, all_ids, p.reduce, fit)
+                                  for conf in p.pseudo_conf) if o is not None]
+        return ms, cands, st_tr
+
+    aps = lambda m: query_aps(m.pv, m.valid.ids, m.truth, m.thr)
+    what = lambda m: {k_:v for k_,v in m.info.items() if k_ in ('rerank', 'pseudo', 'centres') and v}
+    ms0, cands, st_tr = score_all(model, info); ms = ms0
     if cands:                            # re-ranking or pseudo-labels only when validation says so, by more than its noise
-        aps = lambda m: query_aps(m.pv, m.valid.ids, m.truth, m.thr)
         best = max(cands, key=lambda m: m.map_valid)
-        keep,g,se = beats(aps(best), aps(ms), p.select_z)
-        what = lambda m: {k_:v for k_,v in m.info.items() if k_ in ('rerank', 'pseudo', 'centres') and v}
+        keep,g,se = beats(aps(best), aps(ms0), p.select_z)
         tried = ', '.join(f'{what(m)} {m.map_valid:.4f}' for m in cands)
-        log.info(f"{name}: best extra {what(best)} {'kept' if keep else 'not kept'}: validation MAP@5 {ms.map_valid:.4f} -> "
+        log.info(f"{name}: best extra {what(best)} {'kept' if keep else 'not kept'}: validation MAP@5 {ms0.map_valid:.4f} -> "
                  f"{best.map_valid:.4f}, paired gain {g:+.4f} ± {se:.4f} (tried: {tried})")
         if keep: ms = best
+    if p.pseudo_round > 0 and spec.pseudo_fit is not None and len(va):
+        if budget is not None and budget.left - reserve < 60:
+            log.info(f'{name}: {budget.left:.0f}s left, no time for a pseudo-label round')
+        else:   # the rule: the confidence whose gallery pseudo-labels did best on validation; names from the training gallery
+            pc = [m for m in cands if m.info.get('pseudo')]
+            conf = max(pc, key=lambda m: m.map_valid).info['pseudo']['conf'] if pc else p.pseudo_conf[0]
+            u,lab = _confident(to_prob(st_tr, ms0.ab), all_ids, conf, ms0.thr)
+            if len(u):
+                m2 = spec.pseudo_fit(model, imgs, ids, tr, crops[0], u, lab, preset=p, path=path, budget=budget, reserve=reserve)
+                r2 = dict(conf=conf, n=int(len(u)))
+                ms2, c2, _ = score_all(m2, {**info, 'kept':getattr(m2, 'kept', None), 'pseudo_round':r2})
+                best = max([ms2] + c2, key=lambda m: m.map_valid)
+                keep,g,se = beats(aps(best), aps(ms), p.select_z)
+                log.info(f"{name}: pseudo-label round ({r2['n']} test photos at confidence {conf}) {'kept' if keep else 'not kept'}: "
+                         f"validation MAP@5 {ms.map_valid:.4f} -> {best.map_valid:.4f} (with {what(best) or 'no extra'}), "
+                         f"paired gain {g:+.4f} ± {se:.4f}")
+                if keep: ms = best
     ms.secs = time.monotonic() - t0
     return ms
 

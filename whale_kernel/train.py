@@ -331,7 +331,7 @@ def pooled_views(backbone:nn.Module, imgs, views:int=2, aug_kw:dict|None=None, b
             if out[v] is not None: continue
             torch.manual_seed(seed*1000 + v); fs = []
             for i in range(0, len(imgs), bs):
-                x = aug(TensorImage(torch.from_numpy(np.ascontiguousarray(imgs[i:i+bs])).permute(0,3,1,2).to(dev)))
+                x = aug(TensorImage(torch.from_numpy(np.array(imgs[i:i+bs])).permute(0,3,1,2).to(dev)))
                 x = x.as_subclass(torch.Tensor)
                 fs.append(pool(x.flip(3) if v % 2 else x))
             out[v] = torch.cat(fs)
