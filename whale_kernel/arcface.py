@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_arcface.ipynb #75e6f128
 from __future__ import annotations
-import hashlib, math
+import math
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn, torch.nn.functional as F
@@ -23,7 +23,7 @@ from .data import NEW_WHALE, array_dls, img_batches, preset_aug
 from .metrics import query_aps
 from .backbone import create_backbone, weights_tag
 from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, SelectBest, features,
-                                cosine_sim, pooled_views, retrieval_aps, plan_epochs, eval_mode, pca_whitening, identity_bn)
+                                cosine_sim, pooled_views, retrieval_aps, plan_epochs, eval_mode, pca_whitening, identity_bn, _key)
 
 # %% auto #0
 __all__ = ['GeM', 'CosineHead', 'ArcFaceNet', 'arc_margin', 'ArcFaceLoss', 'dynamic_margins', 'flip_labels', 'fold_flips',
@@ -232,6 +232,15 @@ def _split_rows(ids, train_idx, valid_idx):
     va = np.array([i for i in ([] if valid_idx is None else valid_idx) if ids[i] in set(vocab)], dtype=int)
     return tr, vocab, va
 
+def _view_dls(rows, va, pv, labels, n_ids:int, bs:int, device) -> DataLoaders:
+    "Training batches of rows `rows` (random views, shuffled) and validation batches of rows `va` from cached views `pv`"
+    return DataLoaders(ViewDL(rows, pv=pv, labels=labels, n_ids=n_ids, random_view=True, bs=bs, shuffle=True, drop_last=len(rows) >= 2*bs),
+                       ViewDL(va, pv=pv, labels=labels, n_ids=n_ids, bs=2*bs), device=device)
+
+def _thaw(p:Preset) -> dict:
+    "The fine-tune's learning rates (early layers /10) and what stays frozen"
+    return dict(lr=slice(p.arcface_ft_lr/10, p.arcface_ft_lr), freeze='none' if p.arcface_unfreeze == 'all' else 'early')
+
 def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=None, path=None, budget=None,
                 cache_dir=None, *, reserve:float=0., **overrides) -> Learner:
     "Train an imprinted ArcFace `Learner` on the known whales of rows `train_idx` of `imgs`, chosen on `valid_idx`; checkpoints in `path`"
@@ -257,11 +266,7 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     imprint(model, P, np.tile(labels[tr], len(P)//len(tr)), n, fl, white=W)
     rows = oversample(tr, ids, p.min_per_id)
     photo_dls = lambda: array_dls(imgs, ids, rows, va, vocab=vocab, bs=p.bs, workers=p.workers, device=dev, aug_kw=info['aug_kw'])
-    if frozen:
-        dls = DataLoaders(ViewDL(rows, pv=pv, labels=labels, n_ids=n, random_view=True, bs=p.bs, shuffle=True,
-                                 drop_last=len(rows) >= 2*p.bs),
-                          ViewDL(va, pv=pv, labels=labels, n_ids=n, bs=2*p.bs), device=dev)
-    else: dls = photo_dls()
+    dls = _view_dls(rows, va, pv, labels, n, p.bs, dev) if frozen else photo_dls()
     margins = dynamic_margins(pd.Series(ids[tr]).value_counts()[vocab].values).repeat(2) if p.dynamic_margin else None
     mk = lambda dls, frozen: arcface_learner(dls, model, s=p.arcface_s, m=p.arcface_m, margins=margins, flip_ids=0 if frozen else n,
                                              mixed_precision=p.mixed_precision, channels_last=p.channels_last, path=Path(path or '.'))
@@ -275,7 +280,7 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     select = lambda: SelectBest(score, patience=p.patience, z=p.select_z) if len(va) else None
     ep = plan_epochs(len(rows), p.bs, p.arcface_steps, p.arcface_epochs)
     ft = plan_epochs(len(rows), p.bs, p.arcface_ft_steps, p.arcface_ft_epochs)
-    thaw = dict(lr=slice(p.arcface_ft_lr/10, p.arcface_ft_lr), freeze='none' if p.arcface_unfreeze == 'all' else 'early')
+    thaw = _thaw(p)
     if frozen: stages = [Stage('neck', ep, p.arcface_lr, 'backbone')]
     else: stages = [Stage('head', p.arcface_freeze_epochs, p.arcface_lr, 'backbone'), Stage('body', ft, **thaw)]
     meta = dict(vocab=vocab, arch=p.arch, mode=p.arcface_mode, emb_dim=p.emb_dim, size=list(imgs.shape[1:3]),
@@ -327,17 +332,15 @@ def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, t
         kw = dict(views=p.views, aug_kw=c['aug_kw'], cache_dir=c['cache_dir'], tag=c['tag'], seed=c['seed'])
         pv = torch.cat([pooled_views(m.backbone, imgs, **kw)[:, torch.as_tensor(tr, dtype=torch.long)],
                         pooled_views(m.backbone, np.asarray(timgs[test_idx]), **kw)], 1)
-        dls = DataLoaders(ViewDL(rows, pv=pv, labels=labels, n_ids=n, random_view=True, bs=p.bs, shuffle=True,
-                                 drop_last=len(rows) >= 2*p.bs), ViewDL(None, pv=pv, labels=labels, n_ids=n, bs=2*p.bs), device=dev)
+        dls = _view_dls(rows, None, pv, labels, n, p.bs, dev)
         st = Stage('pseudo', plan_epochs(len(rows), p.bs, round(p.pseudo_round*p.arcface_steps), (1, p.arcface_epochs[1])), p.arcface_lr, 'backbone')
     else:
         x = _Rows(imgs, tr, timgs, test_idx)
         dls = array_dls(x, names, rows, None, vocab=vocab, bs=p.bs, workers=p.workers, device=dev, aug_kw=c['aug_kw'])
-        st = Stage('pseudo', plan_epochs(len(rows), p.bs, round(p.pseudo_round*p.arcface_ft_steps), (1, p.arcface_ft_epochs[1])),
-                   slice(p.arcface_ft_lr/10, p.arcface_ft_lr), 'none' if p.arcface_unfreeze == 'all' else 'early')
+        st = Stage('pseudo', plan_epochs(len(rows), p.bs, round(p.pseudo_round*p.arcface_ft_steps), (1, p.arcface_ft_epochs[1])), **_thaw(p))
     learn.dls = dls
     meta = dict(vocab=vocab, arch=p.arch, frozen=c['frozen'], share=p.pseudo_round, seed=p.seed,
-                names=hashlib.sha1('|'.join(map(str, names)).encode()).hexdigest()[:12], kept=getattr(learn, 'kept', None))
+                names=_key(list(names)), kept=getattr(learn, 'kept', None))
     learn = fit_stages(learn, [st], None if path is None else Path(path)/'arcface_pseudo.pth', budget, reserve, None, meta)
     learn.kept = f"{getattr(learn, 'kept', None) or 'last'}, then a pseudo-label round ({len(test_idx)} test photos, {st.epochs} epochs)"
     return learn
