@@ -102,8 +102,10 @@ NOTES = """## Notes
   (`loadavg` is in each JSON); `--rounds 3` interleaves everything and keeps the best, and even so a CPU ratio above 1
   only means noise. CPU ratios are a smoke test of the harness; the targets are for a GPU.
 - **What the CPU does show:** channels_last is worth +23-28 % on a CPU (`cpu_cl` against `tuned`, and the plain loop's
-  `arcface` against `arcface_nchw`), and the learners leave it out on a CPU; the batch augmentation on a CPU costs more
-  than the network at 32×64 (`no_aug`); on a GPU it is a few kernels per batch.
+  `arcface` against `arcface_nchw`), so the learners use it on a CPU too, and the feature passes feed NHWC batches; the
+  batch augmentation on a CPU costs more than the network at 32×64 (`no_aug`); on a GPU it is a few kernels per batch.
+- **cpu_precision:** on a CPU with native bf16 (AVX512-BF16 or AMX) the learners' image batches train under bf16
+  autocast (`CPUAutocast`); the feature passes stay in fp32 on every CPU and gain from NHWC alone.
 - **Synthetic photos** are `make_synth` flukes. `loader` first resizes them to the real competition's typical 1050×700
   (JPEG quality 90) so that decode rates compare with real photos; `train_throughput` decodes them once into the cache at
   H×W, which is what the learners read.
@@ -115,10 +117,22 @@ NOTES = """## Notes
   `--ddp-scale` 1.7 for two T4s: both are assumptions, recorded in the JSON, not measurements.
 """
 
+def sec_cpu(rs):
+    L = ['## cpu_precision: layout and precision of the CPU passes', '',
+         '`python bench/cpu_precision.py [--quick] [--rounds 3] [--threads 2]` (efficientnet_lite0 @ 128×272: inference batch 64, training step batch 32).', '',
+         '| machine | native bf16 | inference img/s: NCHW fp32 / NHWC fp32 / NHWC bf16 | speed-up | training step img/s: NCHW fp32 / NHWC fp32 / NHWC bf16 | speed-up |',
+         '|---|---|---|---|---|---|']
+    ks = ('nchw_fp32', 'nhwc_fp32', 'nhwc_bf16')
+    for r in rs:
+        L.append(f"| {where(r)} | {'yes' if r['cpu_bf16'] else 'no (emulated)'} | {' / '.join(f(r['infer_img_s'][k]) for k in ks)} | "
+                 f"{' / '.join(f(r['infer_speedup'][k], 2) + '×' for k in ks)} | {' / '.join(f(r['train_img_s'][k]) for k in ks)} | "
+                 f"{' / '.join(f(r['train_speedup'][k], 2) + '×' for k in ks)} |")
+    return L
+
 def main():
     L = [HEAD]
     for name, sec in [('train_throughput', sec_train), ('loader', sec_loader), ('lap_epoch', sec_lap), ('pairs', sec_pairs),
-                      ('fullsize', sec_full)]:
+                      ('fullsize', sec_full), ('cpu_precision', sec_cpu)]:
         rs = load(name)
         if rs: L += sec(rs) + ['']
         else: L += [f'## {name}', '', f'(no results yet: `python bench/{name}.py`)', '']

@@ -4,7 +4,7 @@ import numpy as np, pytest, torch, torch.nn.functional as F
 from fastai.callback.core import Callback
 from whale_kernel.core import TimeBudget
 from whale_kernel.backbone import create_backbone
-from whale_kernel.train import (amp_mode, amp_dtype, to_device_precision, backbone_splitter, save_checkpoint, load_checkpoint,
+from whale_kernel.train import (amp_mode, amp_dtype, cpu_bf16, CPUAutocast, to_device_precision, backbone_splitter, save_checkpoint, load_checkpoint,
                                 load_opt_state, BudgetCallback, paired_gain, SelectBest, Stage, fit_stages, eval_mode,
                                 features, cosine_sim, pooled_views, pca_whitening, identity_bn, retrieval_aps, plan_epochs)
 from test_utils import toy_whales, tiny_learner, state, same_state
@@ -14,18 +14,43 @@ torch.set_num_threads(1)
 # --- precision, splitter -----------------------------------------------------------------------------------------------
 
 def test_amp_mode(monkeypatch):
+    import whale_kernel.train as T
+    monkeypatch.setattr(T, 'cpu_bf16', lambda: False)                                  # a CPU without native bf16: fp32
     assert amp_mode('cpu') is None and amp_dtype('cpu') is None
+    monkeypatch.setattr(T, 'cpu_bf16', lambda: True)                                   # AVX512-BF16 / AMX: bf16
+    assert amp_mode('cpu') == 'bf16' and amp_dtype('cpu') == torch.bfloat16
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda d=None: (7, 5))    # T4: no fast bf16
     assert amp_mode('cuda') == 'fp16' and amp_dtype('cuda') == torch.float16
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda d=None: (9, 0))    # H100
     assert amp_mode('cuda') == 'bf16' and amp_dtype('cuda') == torch.bfloat16
 
-def test_no_mixed_precision_on_cpu():
+def test_cpu_bf16_reads_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False, raising=False)
+    assert cpu_bf16() is False
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: True, raising=False)
+    assert cpu_bf16() is True
+
+@pytest.mark.parametrize('native', [False, True])
+def test_mixed_precision_on_cpu_only_with_native_bf16(monkeypatch, native):
+    import whale_kernel.train as T
+    monkeypatch.setattr(T, 'cpu_bf16', lambda: native)
     names = lambda l: [type(c).__name__ for c in l.cbs]
     learn = tiny_learner(); before = names(learn)
-    to_device_precision(learn, mixed_precision=True, channels_last=False)
-    assert names(learn) == before                                           # no MixedPrecision on the CPU
-    assert names(to_device_precision(tiny_learner(), mixed_precision=True, channels_last=True)) == before + ['ChannelsLast']
+    amp = ['CPUAutocast'] if native else []                                 # never fastai's CUDA-only MixedPrecision
+    assert names(to_device_precision(learn, mixed_precision=True, channels_last=False)) == before + amp
+    assert names(to_device_precision(tiny_learner(), mixed_precision=False, channels_last=False)) == before
+    assert names(to_device_precision(tiny_learner(), mixed_precision=True, channels_last=True)) == before + ['ChannelsLast'] + amp
+
+def test_cpu_autocast_trains_and_leaves_no_autocast_behind():
+    learn = tiny_learner(); learn.add_cb(CPUAutocast())
+    before = state(learn.model)
+    learn.fit(1, 1e-2)
+    assert not same_state(before, state(learn.model))                       # it trained
+    assert all(p.dtype == torch.float32 for p in learn.model.parameters())  # fp32 master weights
+    preds,_ = learn.get_preds()
+    assert preds.dtype == torch.float32 and torch.isfinite(preds).all()
+    assert not torch.is_autocast_enabled('cpu')
 
 def test_backbone_splitter_groups():
     from whale_kernel.arcface import arcface_model

@@ -11,7 +11,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fasttransform import Pipeline
-from fastai.torch_core import default_device
+from fastai.torch_core import default_device, to_float
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.channelslast import ChannelsLast
@@ -24,15 +24,20 @@ from .data import img_batches, aug_tfms
 from .metrics import reduce_by_id, query_aps
 
 # %% auto #0
-__all__ = ['amp_mode', 'amp_dtype', 'to_device_precision', 'backbone_splitter', 'save_checkpoint', 'load_checkpoint',
-           'load_opt_state', 'Checkpoint', 'BudgetCallback', 'paired_gain', 'beats', 'from_rank0', 'SelectBest',
-           'Stage', 'fit_stages', 'eval_mode', 'features', 'cosine_sim', 'pooled_views', 'pca_whitening', 'identity_bn',
-           'retrieval_aps', 'plan_epochs']
+__all__ = ['cpu_bf16', 'amp_mode', 'amp_dtype', 'CPUAutocast', 'to_device_precision', 'backbone_splitter', 'save_checkpoint',
+           'load_checkpoint', 'load_opt_state', 'Checkpoint', 'BudgetCallback', 'paired_gain', 'beats', 'from_rank0',
+           'SelectBest', 'Stage', 'fit_stages', 'eval_mode', 'features', 'cosine_sim', 'pooled_views', 'pca_whitening',
+           'identity_bn', 'retrieval_aps', 'plan_epochs']
 
 # %% ../nbs/03b_train.ipynb #9d4befeb
+def cpu_bf16() -> bool:
+    "Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX), where bf16 convolutions beat fp32"
+    return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
+
 def amp_mode(device=None) -> str|None:
-    "'bf16' on a GPU with fast bf16 (compute capability ≥ 8), 'fp16' on older GPUs (T4, P100), None on the CPU"
+    "'bf16' on a GPU with fast bf16 (compute capability ≥ 8) or a CPU with native bf16, 'fp16' on older GPUs (T4, P100), else None"
     d = torch.device(device) if device is not None else default_device()
+    if d.type == 'cpu': return 'bf16' if cpu_bf16() else None
     if d.type != 'cuda': return None
     return 'bf16' if torch.cuda.get_device_capability(d)[0] >= 8 else 'fp16'
 
@@ -40,10 +45,24 @@ def amp_dtype(device=None):
     "The autocast dtype of `amp_mode(device)`, or None"
     return {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp_mode(device))
 
+class CPUAutocast(Callback):
+    "bf16 autocast of the forward pass and loss of *image* batches on the CPU (fastai's `MixedPrecision` is CUDA-only)"
+    order = MixedPrecision.order
+    ac = None
+    def before_batch(self):
+        if any(getattr(o, 'ndim', 0) == 4 for o in self.xb):     # cached-feature batches stay in fp32
+            self.ac = torch.autocast('cpu', dtype=torch.bfloat16); self.ac.__enter__()
+    def after_pred(self):
+        if self.ac is not None: self.learn.pred = to_float(self.pred)
+    def after_loss(self):
+        if self.ac is not None: self.ac.__exit__(None, None, None); self.ac = None
+    after_batch = after_loss                                     # also when the batch was cancelled mid-way
+
 def to_device_precision(learn:Learner, mixed_precision:bool=True, channels_last:bool=True) -> Learner:
-    "Put `learn` in channels_last and, on a GPU, its AMP policy (`amp_mode`) and cuDNN autotuning, with fastai's callbacks"
+    "Put `learn` in channels_last and its AMP policy (`amp_mode`), with cuDNN autotuning on a GPU, through fastai's callbacks"
     dev = torch.device(getattr(learn.dls, 'device', None) or 'cpu')
     if channels_last: learn.add_cb(ChannelsLast())       # on CPUs too: oneDNN convolutions run faster in NHWC
+    if dev.type == 'cpu' and mixed_precision and amp_mode(dev) == 'bf16': learn.add_cb(CPUAutocast())
     if dev.type != 'cuda': return learn
     torch.backends.cudnn.benchmark = True                 # fixed input sizes: let cuDNN pick its fastest kernels
     mode = amp_mode(dev) if mixed_precision else None
@@ -272,12 +291,13 @@ def features(fn, imgs, idxs=None, bs:int=64, tta:bool=False, size=None, device=N
     "Features (N, V·D) on CPU of rows `idxs` of uint8 `imgs` by `fn` (a model, or any callable on normalised batches using `model`); V=2 with `tta`"
     model = fn if isinstance(fn, nn.Module) else model
     dev = torch.device(device) if device is not None else (next(model.parameters()).device if model is not None else default_device())
-    dt = amp_dtype(dev)
+    dt = amp_dtype(dev) if dev.type == 'cuda' else None    # the CPU keeps features in fp32 (see above)
     def run(flip):
         out = []
         for x in img_batches(imgs, idxs, bs=bs, device=dev, flip=flip):
             if size is not None and tuple(x.shape[-2:]) != tuple(size):
                 x = F.interpolate(x, size=tuple(size), mode='bilinear', antialias=True)
+            x = x.contiguous(memory_format=torch.channels_last)       # oneDNN and cuDNN convolutions: fastest in NHWC
             with torch.autocast(dev.type, dtype=dt or torch.float32, enabled=dt is not None):
                 o = fn(x)
             out.append((o.mean((2,3)) if o.ndim == 4 else o).float().cpu())
@@ -316,8 +336,9 @@ def pooled_views(backbone:nn.Module, imgs, views:int=2, aug_kw:dict|None=None, b
     if all(o is not None for o in out): return torch.stack(out)
     fresh = [o is None for o in out]
     dev = torch.device(device) if device is not None else next(backbone.parameters()).device
-    dt = amp_dtype(dev)
+    dt = amp_dtype(dev) if dev.type == 'cuda' else None    # the CPU keeps features in fp32 (see above)
     def pool(x):
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=dt or torch.float32, enabled=dt is not None):
             o = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
         return (o.mean((2,3)) if o.ndim == 4 else o).float().cpu()
