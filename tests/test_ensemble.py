@@ -133,6 +133,16 @@ def test_blend_with_a_useless_member_is_not_below_the_best():
     r = blend(ms)
     assert r.map_valid >= ms[0].map_valid - 1e-6, (r.map_valid, ms[0].map_valid, r.info['weights'])
 
+def test_blend_does_not_depend_on_the_order_of_its_members():
+    "Three copies under different names tie on validation for every weighting: the caller's order must not pick the winner"
+    import itertools
+    truth = _truth(seed=3)
+    ms = [_model(n, 2., 0, truth=truth) for n in ('knn', 'arcface', 'siamese')]
+    rs = [blend(list(p)) for p in itertools.permutations(ms)]
+    assert all(r.info['weights'] == rs[0].info['weights'] and r.info['alpha'] == rs[0].info['alpha'] for r in rs), [r.info['weights'] for r in rs]
+    for r in rs[1:]: np.testing.assert_allclose(r.test.align(IDS).values, rs[0].test.align(IDS).values, rtol=1e-6)
+    assert sorted(rs[0].info['weights'].values()) == pytest.approx([.3, .3, .4])   # as near equal as the grid allows
+
 def test_blend_of_one_and_bad_splits():
     a = _model('a', 3., 0)
     assert blend([a]) is a

@@ -155,10 +155,11 @@ def blend(scores:list, step:float=0.1, alphas=(0.25, 0.5, 1., 2.), tol:float=0.0
     res = []
     for w,a in cands:
         thr,m = best_threshold(power_mean(pv, w, a), ids, truth)
-        res.append((m, -float(np.abs(w - 1/len(w)).sum()), w, a, thr))
+        res.append((m, -float(np.square(w - 1/len(w)).sum()), w, a, thr))    # squared distance to equal weights
     best = max(r[0] for r in res)
     floor = max([best - tol] + [r[0] for r in res if (r[2] > 0).sum() == 1])   # never below the best single model
-    m,_,w,a,thr = max([r for r in res if r[0] >= floor - 1e-9], key=lambda r: (r[1], r[0]))
+    by_name = np.argsort([s.name for s in scores], kind='stable')            # last tie-break: the same whatever the caller's order
+    m,_,w,a,thr = max([r for r in res if r[0] >= floor - 1e-9], key=lambda r: (round(r[1], 12), r[0], tuple(r[2][by_name])))
     info = dict(weights={s.name: round(float(wi), 3) for s,wi in zip(scores, w)}, alpha=a,
                 search=[(dict(zip([s.name for s in scores], map(float, r[2]))), r[3], round(r[0], 4)) for r in res])
     name = '+'.join(s.name for s,wi in zip(scores, w) if wi > 0)
