@@ -75,6 +75,7 @@ class Preset:
     # selection on validation
     patience:int = 6                   # stop when the smoothed validation MAP@5 has not improved for this many epochs
     select_z:float = 1.                # keep a trained model only if it beats step 0 by `select_z` standard errors
+    siamese_select_z:float = 0.        # the Siamese's own bar: 0 keeps its best epoch whenever it beats step 0 (05_siamese says why)
     # scoring
     min_per_id:int = 4                 # oversample so each id is seen at least N times per epoch
     reduce:str = 'max'                 # image scores -> id scores: 'max' or 'mean'

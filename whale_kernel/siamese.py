@@ -280,7 +280,7 @@ def fit_siamese(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     def score(learn):
         f = siamese_features(learn, imgs, tta=False, idxs=np.r_[va, gal])
         return retrieval_aps(siamese_similarity(learn, f[:len(va)], f[len(va):]), ids[va], ids[gal], p.reduce)
-    select = SelectBest(score, patience=p.patience, z=p.select_z) if len(va) else None
+    select = SelectBest(score, patience=p.patience, z=p.siamese_select_z) if len(va) else None
     stages = ([Stage('neck', ep, p.siamese_lr, 'backbone')] if frozen else
               [Stage('head', 1, p.siamese_lr, 'backbone'), Stage('body', ep, slice(p.siamese_lr/10, p.siamese_lr))])
     meta = dict(arch=arch, mode=p.siamese_mode, size=list(imgs.shape[1:3]), n_feats=p.siamese_feats,
