@@ -170,3 +170,19 @@ def test_csls_demotes_a_hub_and_is_the_identity_at_beta_0():
     # the query term shifts a whole row: ranks within the row do not change, only the row's level (new_whale threshold)
     r_g0 = np.zeros(7, np.float32)
     assert (np.argsort(-csls(s, topk_mean(s, 2), r_g0), 1) == np.argsort(-s, 1)).all()
+
+def test_no_validation_split_takes_the_defaults():
+    "With no known whale to validate on: uncalibrated scores, new_whale first for the leaderboard's share, equal blend weights"
+    rng = np.random.default_rng(0); ids = ['a', 'b', 'c']; names = [f't{i}' for i in range(1000)]
+    empty = ScoreMatrix([], ids, np.zeros((0, 3)))
+    ms = [ModelScores.fit(n, empty, [], ScoreMatrix(names, ids, rng.random((1000, 3)))) for n in ('knn', 'arcface')]
+    for m in ms:
+        assert m.ab == (1., 0.) and np.isnan(m.map_valid) and not m.has_valid
+        assert abs((m.pt.max(1) <= m.thr).mean() - 0.276) < 0.002
+    b = blend(ms)
+    assert b.info['weights'] == {'knn': 0.5, 'arcface': 0.5} and b.info['alpha'] == 1. and np.isnan(b.map_valid)
+    assert np.allclose(b.pt, (ms[0].pt + ms[1].pt)/2) and abs((b.pt.max(1) <= b.thr).mean() - 0.276) < 0.002
+    assert blend(ms, weights=[1, 3]).info['weights'] == {'knn': 0.25, 'arcface': 0.75}   # given weights are kept
+    # a validation split of new_whale photos alone has no known whale either
+    nw = ModelScores.fit('knn', ScoreMatrix(['v0'], ids, [[.9, .1, .1]]), [NEW_WHALE], ScoreMatrix(names, ids, rng.random((1000, 3))))
+    assert np.isnan(nw.map_valid) and not nw.has_valid

@@ -136,6 +136,34 @@ def test_bad_train_set_one_line_exit_2(tmp_path, capsys, train, test, msg):
     assert str(data/'train.csv') in err and msg in err
     assert not (tmp_path/'out'/'submission.csv').exists()
 
+def _singles(path, n:int=10):
+    "A competition where no whale has a second photo: `n` known whales, 3 new_whale photos, 4 test photos"
+    return write_comp(path, {**{f'k{i}.jpg': f'w_{i}' for i in range(n)}, **{f'n{i}.jpg': 'new_whale' for i in range(3)}},
+                      test=[f'te{i}.jpg' for i in range(4)])
+
+def test_no_whale_with_two_photos_still_answers(tmp_path, capsys, wklog):
+    "Nothing to hold out for validation: kNN and ArcFace answer with the defaults, the Siamese is skipped, no traceback"
+    data = _singles(tmp_path/'comp')
+    s = run(data, tmp_path/'out', **TINY)
+    assert s['n_valid'] == 0 and s['models'] == ['knn', 'arcface'] and s['valid'] == {'knn': None, 'arcface': None, 'blend': None}
+    assert 'no whale has two train photos, so no validation split' in wklog.text
+    assert 'siamese: skipped, no whale has two train photos' in wklog.text and 'failed' not in wklog.text
+    assert s['blend'] == dict(weights={'knn': 0.5, 'arcface': 0.5}, alpha=1.)
+    sub = _valid_sub(tmp_path/'out', data)
+    first = sub.Id.str.split().str[0]
+    assert (first == 'new_whale').sum() == 1            # the leaderboard's 27.6% of 4 test photos, rounded down
+    assert 'validation MAP@5 = n/a (no validation split)' in capsys.readouterr().out
+    assert '| blend | n/a |' in (tmp_path/'out'/'report.md').read_text() and (tmp_path/'out'/'report.png').exists()
+
+def test_no_model_finished_leaves_the_fallback_submission(tmp_path, capsys):
+    "The only model asked for cannot train: one line, exit 1, and a valid submission of new_whale then the commonest whales"
+    data = _singles(tmp_path/'comp', n=3)
+    rc = main(['run', '--data', str(data), '--out', str(tmp_path/'out'), '--models', 'siamese'])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count('\n') == 1 and 'Traceback' not in err and 'no model finished' in err, err
+    sub = _valid_sub(tmp_path/'out', data)
+    assert (sub.Id == 'new_whale w_0 w_1 w_2').all()
+
 # --- real photos (beside the checkout; skipped in a fresh clone) --------------------------------------------------------
 
 def real_competition(src, dst):

@@ -85,6 +85,11 @@ def main(argv=None) -> int:
     except errs as e:
         print(f'whale-kernel {args.cmd}: error: {e}', file=sys.stderr)
         return 2
+    except Exception as e:
+        from whale_kernel.pipeline import RunError
+        if not isinstance(e, RunError): raise
+        print(f'whale-kernel {args.cmd}: error: {e}', file=sys.stderr)     # not the input's fault, but a submission is there
+        return 1
     return 0
 
 # %% ../nbs/07a_cli.ipynb #5e838c06

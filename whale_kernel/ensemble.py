@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 from .data import NEW_WHALE
-from .metrics import best_threshold, query_aps
+from .metrics import best_threshold, query_aps, ratio_threshold
 
 # %% auto #0
 __all__ = ['ScoreMatrix', 'calibrate', 'to_prob', 'ModelScores', 'topk_mean', 'csls', 'power_mean', 'blend']
@@ -99,11 +99,18 @@ class ModelScores:
     @property
     def pt(self) -> np.ndarray: return to_prob(self.test.values, self.ab)
 
+    @property
+    def has_valid(self) -> bool:
+        "Does the validation split hold a known whale? Without one nothing is searched: see `fit`"
+        return bool(np.isin(self.truth, self.valid.ids).any())
+
     @classmethod
     def fit(cls, name, valid:ScoreMatrix, truth, test:ScoreMatrix, secs:float=0., info=None) -> ModelScores:
-        "Calibrate `valid`, align `test` to its ids, and search the `new_whale` threshold on validation"
+        "Calibrate `valid`, align `test` to its ids, and search the `new_whale` threshold on validation (with no known whale there: uncalibrated, `new_whale` first for the leaderboard's share of test photos, `ratio_threshold`)"
         test = test.align(valid.ids)
         ab = calibrate(valid.values, valid.ids, truth)
+        if not np.isin(truth, valid.ids).any():
+            return cls(name, valid, list(truth), test, ab, ratio_threshold(to_prob(test.values, ab)), math.nan, secs, info or {})
         thr,m = best_threshold(to_prob(valid.values, ab), valid.ids, list(truth))
         return cls(name, valid, list(truth), test, ab, thr, m, secs, info or {})
 
@@ -152,6 +159,12 @@ def blend(scores:list, step:float=0.1, alphas=(0.25, 0.5, 1., 2.), tol:float=0.0
     truth = scores[0].truth
     cands = [(np.asarray(weights, float)/np.sum(weights), alpha or 1.)] if weights is not None else \
             [(w, a) for w in _simplex(len(al), step) for a in (alphas if alpha is None else [alpha])]
+    if not np.isin(truth, ids).any():     # no known whale to search on: given or equal weights, α 1, the prior share of new_whale
+        w,a = cands[0] if weights is not None else (np.full(len(al), 1/len(al)), alpha or 1.)
+        t = power_mean(pt, w, a)
+        return ModelScores(f"blend({'+'.join(s.name for s,wi in zip(scores, w) if wi > 0)})", ScoreMatrix(vnames, ids, power_mean(pv, w, a)),
+                           truth, ScoreMatrix(tnames, ids, t), None, ratio_threshold(t), math.nan, sum(s.secs for s in scores),
+                           dict(weights={s.name: round(float(wi), 3) for s,wi in zip(scores, w)}, alpha=a, search=[]))
     res = []
     for w,a in cands:
         thr,m = best_threshold(power_mean(pv, w, a), ids, truth)

@@ -24,7 +24,7 @@ from .arcface import fit_arcface, arcface_features, arcface_similarity, arcface_
 from .siamese import fit_siamese, siamese_features, siamese_similarity
 
 # %% auto #0
-__all__ = ['MODELS', 'ModelSpec', 'score_model', 'quiet_bars', 'run']
+__all__ = ['MODELS', 'ModelSpec', 'score_model', 'quiet_bars', 'RunError', 'run']
 
 # %% ../nbs/07_pipeline.ipynb #a9fc8181
 @dataclass(frozen=True)
@@ -171,6 +171,11 @@ def quiet_bars(quiet:bool|None=None):
     finally: defaults.callbacks = old
 
 # %% ../nbs/07_pipeline.ipynb #ced3be53
+class RunError(RuntimeError):
+    "A run that ended without a model's answer (the fallback submission is written first)"
+
+def _fmt(x:float) -> str: return 'n/a (no validation split)' if math.isnan(x) else f'{x:.4f}'
+
 def _fingerprint(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -211,6 +216,10 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
         timgs = [timgs] + [cache_images(comp.test, size, cache, margin=m, workers=max(p.workers, 2), name=f'test_m{m}',
                                         equalize=p.equalize)[0] for m in (0., 0.15)]
     is_valid = valid_split(train, seed=p.seed)
+    if not (is_valid & (train.Id.values != NEW_WHALE)).any():
+        log.warning('no whale has two train photos, so no validation split can be held out: nothing is chosen on validation '
+                    '(the learners keep their last epoch, no extra is tried, the blend weighs the models equally, and new_whale '
+                    'comes first for the leaderboard\'s 27.6% of test photos)')
     vnames, tnames = list(train.Image[is_valid]), list(comp.test.Image)
     ids = train.Id.values.astype(object)
     t_data = time.monotonic() - t0
@@ -223,6 +232,8 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
                 s = ModelScores.load(fn); log.info(f'{name}: reusing finished scores {fn}')
             else:
                 left = budget.left
+                if name == 'siamese' and not (pd.Series(ids[~is_valid & (ids != NEW_WHALE)]).value_counts() >= 2).any():
+                    log.warning('siamese: skipped, no whale has two train photos, so there is no pair of the same whale to learn from'); continue
                 if left < 10:
                     log.warning(f'{name}: skipped, the time budget is spent ({left:.0f}s left)'); continue
                 mb = TimeBudget(None if math.isinf(left) else left/(len(models) - i)/60)
@@ -232,14 +243,18 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
                 except Exception as e:
                     log.error(f'{name}: failed ({type(e).__name__}: {e}); the run goes on without it'); continue
                 fn.parent.mkdir(exist_ok=True); tmp = fn.with_name(fn.stem + '.tmp.npz'); s.save(tmp); tmp.replace(fn)
-            print(f'{name}: validation MAP@5 = {s.map_valid:.4f} (kept {s.info.get("kept") or "-"}, {s.secs:.0f}s)', flush=True)
+            print(f'{name}: validation MAP@5 = {_fmt(s.map_valid)} (kept {s.info.get("kept") or "-"}, {s.secs:.0f}s)', flush=True)
             res.append(s)
             subs[name] = write_submission(out/f'submission_{name}.csv', tnames, predict_top5(s.pt, s.test.ids, s.thr))
             ens = blend(res)                          # the blend of what has finished so far
             write_submission(out/'submission.csv', tnames, predict_top5(ens.pt, ens.test.ids, ens.thr))
-    if not res: raise RuntimeError('no model finished, so there is no submission; see the errors above')
+    if not res:            # still a valid submission: new_whale, then the commonest whales
+        top = pd.Series(ids[ids != NEW_WHALE]).value_counts().index[:4].tolist()
+        write_submission(out/'submission.csv', tnames, [[NEW_WHALE] + top]*len(tnames))
+        raise RunError(f'no model finished (see the log above); {out/"submission.csv"} holds the fallback answer, '
+                       f'new_whale then the {len(top)} commonest whales')
     if len(res) > 1:
-        print(f'blend: validation MAP@5 = {ens.map_valid:.4f} (weights {ens.info["weights"]}, alpha {ens.info["alpha"]})', flush=True)
+        print(f'blend: validation MAP@5 = {_fmt(ens.map_valid)} (weights {ens.info["weights"]}, alpha {ens.info["alpha"]})', flush=True)
     test_maps = {}
     sol = Path(data)/'solution.csv'
     if sol.exists():
@@ -249,7 +264,7 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
     summary = dict(data=str(data), preset=p.name, size=list(size), models=[s.name for s in res], n_train=len(train),
                    n_valid=int(is_valid.sum()), n_test=len(comp.test), data_secs=round(t_data, 1),
                    total_secs=round(time.monotonic() - t0, 1),
-                   valid={('blend' if s is ens and len(res) > 1 else s.name): round(s.map_valid, 4) for s in allr},
+                   valid={('blend' if s is ens and len(res) > 1 else s.name): None if math.isnan(s.map_valid) else round(s.map_valid, 4) for s in allr},
                    thr={('blend' if s is ens and len(res) > 1 else s.name): round(s.thr, 4) for s in allr},
                    secs={s.name: round(s.secs, 1) for s in res}, kept={s.name: s.info.get('kept') for s in res},
                    blend=ens.info.get('weights') and dict(weights=ens.info['weights'], alpha=ens.info['alpha']),
@@ -258,5 +273,5 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
     report(out, res, ens, summary, train=train, imgs=imgs, timgs=timgs[0] if isinstance(timgs, list) else timgs)
     if test_maps: print(f'test MAP@5 against {sol}: ' + ', '.join(f'{k} {v:.4f}' for k,v in test_maps.items()))
     print(f'wrote {out/"submission.csv"} ({len(comp.test)} rows) in {summary["total_secs"]:.0f}s')
-    print(f'validation MAP@5 = {ens.map_valid:.4f}')
+    print(f'validation MAP@5 = {_fmt(ens.map_valid)}')
     return summary

@@ -18,11 +18,12 @@ def _plots(out, res, ens, plt):
     allr = res + ([ens] if ens is not None and len(res) > 1 else [])
     fig, axs = plt.subplots(1, 2, figsize=(11, 3.4))
     for s in allr:
+        if not s.has_valid: continue        # no validation split: nothing was searched
         t, m = threshold_curve(s.pv, s.valid.ids, s.truth)
         axs[0].plot(t, m, label=f'{s.name} ({s.map_valid:.3f})')
         axs[0].plot([s.thr], [s.map_valid], 'k.')
     axs[0].set(xlabel='new_whale threshold (calibrated probability)', ylabel='validation MAP@5', title='MAP@5 against the threshold')
-    axs[0].legend(fontsize=7)
+    if axs[0].lines: axs[0].legend(fontsize=7)
     for s in res:
         c = s.info.get('curve') or []
         if not c: continue
@@ -54,7 +55,7 @@ def report(out, res, ens, summary, train=None, imgs=None, timgs=None):
     if train is not None: _grid(out, ens if len(res) > 1 else res[0], train, imgs, timgs, plt)
     (out/'summary.json').write_text(json.dumps(summary, indent=1, default=str))
     test = summary.get('test') or {}
-    rows = '\n'.join(f"| {k} | {v:.4f} | {summary['thr'][k]:.3f} | {(summary.get('kept') or {}).get(k) or '-'} | "
+    rows = '\n'.join(f"| {k} | {'n/a' if v is None else f'{v:.4f}'} | {summary['thr'][k]:.3f} | {(summary.get('kept') or {}).get(k) or '-'} | "
                      f"{test.get(k, float('nan')):.4f} |" for k, v in summary['valid'].items())
     bl = summary.get('blend')
     (out/'report.md').write_text(f"""# whale_kernel run
