@@ -146,7 +146,7 @@ def test_no_whale_with_two_photos_still_answers(tmp_path, capsys, wklog):
     data = _singles(tmp_path/'comp')
     s = run(data, tmp_path/'out', **TINY)
     assert s['n_valid'] == 0 and s['models'] == ['knn', 'arcface'] and s['valid'] == {'knn': None, 'arcface': None, 'blend': None}
-    assert 'no whale has two train photos, so no validation split' in wklog.text
+    assert 'no whale has two train photos, too few to hold out a validation split' in wklog.text
     assert 'siamese: skipped, no whale has two train photos' in wklog.text and 'failed' not in wklog.text
     assert s['blend'] == dict(weights={'knn': 0.5, 'arcface': 0.5}, alpha=1.)
     sub = _valid_sub(tmp_path/'out', data)
@@ -154,6 +154,20 @@ def test_no_whale_with_two_photos_still_answers(tmp_path, capsys, wklog):
     assert (first == 'new_whale').sum() == 1            # the leaderboard's 27.6% of 4 test photos, rounded down
     assert 'validation MAP@5 = n/a (no validation split)' in capsys.readouterr().out
     assert '| blend | n/a |' in (tmp_path/'out'/'report.md').read_text() and (tmp_path/'out'/'report.png').exists()
+
+def test_one_whale_with_three_photos_is_too_few_to_validate(tmp_path, wklog):
+    "valid_split holds out one photo of half the whales with two or more photos: half of one rounds to none"
+    data = write_comp(tmp_path/'comp', {'a0.jpg': 'w_a', 'a1.jpg': 'w_a', 'a2.jpg': 'w_a', **{f'k{i}.jpg': f'w_{i}' for i in range(5)}},
+                      test=['te0.jpg', 'te1.jpg'])
+    s = run(data, tmp_path/'out', **TINY)
+    assert s['n_valid'] == 0 and s['models'] == list(MODEL_NAMES)        # w_a gives the Siamese its positive pairs
+    assert 'only 1 whale(s) have two train photos, too few to hold out a validation split' in wklog.text
+
+def test_siamese_pair_check():
+    from whale_kernel.pipeline import _no_pairs
+    assert _no_pairs(['w_a', 'w_a', 'w_b']) is None and _no_pairs(['w_a', 'w_a', 'new_whale']) is None
+    assert 'no pair of the same whale' in _no_pairs(['w_a', 'w_b', 'new_whale', 'new_whale'])
+    assert 'no pair of different whales' in _no_pairs(['w_a', 'w_a', 'w_a'])
 
 def test_no_model_finished_leaves_the_fallback_submission(tmp_path, capsys):
     "The only model asked for cannot train: one line, exit 1, and a valid submission of new_whale then the commonest whales"

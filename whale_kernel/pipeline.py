@@ -174,6 +174,12 @@ def quiet_bars(quiet:bool|None=None):
 class RunError(RuntimeError):
     "A run that ended without a model's answer (the fallback submission is written first)"
 
+def _no_pairs(ids) -> str|None:
+    "Why training labels `ids` give the Siamese no pair of the same whale or none of two different ones (None: they do)"
+    ids = pd.Series(ids)
+    if not (ids[ids != NEW_WHALE].value_counts() >= 2).any(): return 'no whale has two train photos, so there is no pair of the same whale to learn from'
+    if ids.nunique() < 2: return 'every train photo shows the same whale, so there is no pair of different whales to learn from'
+
 def _fmt(x:float) -> str: return 'n/a (no validation split)' if math.isnan(x) else f'{x:.4f}'
 
 def _fingerprint(*parts) -> str:
@@ -217,7 +223,9 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
                                         equalize=p.equalize)[0] for m in (0., 0.15)]
     is_valid = valid_split(train, seed=p.seed)
     if not (is_valid & (train.Id.values != NEW_WHALE)).any():
-        log.warning('no whale has two train photos, so no validation split can be held out: nothing is chosen on validation '
+        n2 = int((train.Id[train.Id != NEW_WHALE].value_counts() >= 2).sum())
+        log.warning(f"{'no whale has' if n2 == 0 else f'only {n2} whale(s) have'} two train photos, too few to hold out a validation split: "
+                    'nothing is chosen on validation '
                     '(the learners keep their last epoch, no extra is tried, the blend weighs the models equally, and new_whale '
                     'comes first for the leaderboard\'s 27.6% of test photos)')
     vnames, tnames = list(train.Image[is_valid]), list(comp.test.Image)
@@ -232,8 +240,8 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
                 s = ModelScores.load(fn); log.info(f'{name}: reusing finished scores {fn}')
             else:
                 left = budget.left
-                if name == 'siamese' and not (pd.Series(ids[~is_valid & (ids != NEW_WHALE)]).value_counts() >= 2).any():
-                    log.warning('siamese: skipped, no whale has two train photos, so there is no pair of the same whale to learn from'); continue
+                if name == 'siamese' and (why := _no_pairs(ids[~is_valid])):
+                    log.warning(f'siamese: skipped, {why}'); continue
                 if left < 10:
                     log.warning(f'{name}: skipped, the time budget is spent ({left:.0f}s left)'); continue
                 mb = TimeBudget(None if math.isinf(left) else left/(len(models) - i)/60)
