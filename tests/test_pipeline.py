@@ -106,6 +106,7 @@ def test_no_progress_bar_frames_in_a_log(tiny_data, tmp_path, capsys):
     o = capsys.readouterr()
     text = o.out + o.err
     assert '█' not in text and '|----' not in text and len(text.splitlines()) < 40, text[-2000:]
+    assert 'epoch 0: train_loss ' in o.out and '\n[0, ' not in '\n' + o.out    # each value named, not fastai's bare list
 
 def test_one_model_run_reports_under_its_name(tiny_data, tmp_path):
     s = run(tiny_data, tmp_path/'out', models=['knn'], **TINY)

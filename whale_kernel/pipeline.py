@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 import numpy as np, pandas as pd
 from fastcore.basics import defaults
+from fastai.callback.core import Callback
 from . import __version__
 from .core import MODEL_NAMES, Preset, get_preset, seed_everything, TimeBudget, log
 from .data import (NEW_WHALE, CompetitionError, read_competition, merge_duplicates, cache_images, valid_split,
@@ -24,7 +25,7 @@ from .arcface import fit_arcface, arcface_features, arcface_similarity, arcface_
 from .siamese import fit_siamese, siamese_features, siamese_similarity
 
 # %% auto #0
-__all__ = ['MODELS', 'ModelSpec', 'score_model', 'quiet_bars', 'RunError', 'run']
+__all__ = ['MODELS', 'ModelSpec', 'score_model', 'EpochLines', 'quiet_bars', 'RunError', 'run']
 
 # %% ../nbs/07_pipeline.ipynb #a9fc8181
 @dataclass(frozen=True)
@@ -160,13 +161,27 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
     return ms
 
 # %% ../nbs/07_pipeline.ipynb #4ca1153a
+class EpochLines(Callback):
+    "Print each epoch's record as one line of named values (`epoch 3: train_loss 0.512, valid_loss 0.731 (00:04)`)"
+    order = 60
+    def before_fit(self):
+        self.old = self.learn.logger
+        if self.old is print: self.learn.logger = self._line      # not where another callback silenced it (DDP ranks > 0)
+    def _line(self, log):
+        names = list(self.recorder.metric_names)
+        if len(names) != len(log) or names[0] != 'epoch': return print(log, flush=True)
+        fmt = lambda v: '-' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
+        vals = ', '.join(f'{n} {fmt(v)}' for n,v in zip(names[1:-1], log[1:-1]))
+        print(f'epoch {log[0]}: {vals} ({log[-1]})' if names[-1] == 'time' else f'epoch {log[0]}: {vals}, {names[-1]} {fmt(log[-1])}', flush=True)
+    def after_fit(self): self.learn.logger = self.old
+
 @contextmanager
 def quiet_bars(quiet:bool|None=None):
-    "Without fastai's progress bars (one line per epoch instead) while in the block, when `quiet` (default: stdout is no terminal)"
+    "Without fastai's progress bars (one named line per epoch instead, `EpochLines`) while in the block, when `quiet` (default: stdout is no terminal)"
     from fastai.callback.progress import ProgressCallback
     quiet = (not sys.stdout.isatty()) if quiet is None else quiet
     old = defaults.callbacks
-    if quiet: defaults.callbacks = [c for c in old if c is not ProgressCallback]
+    if quiet: defaults.callbacks = [c for c in old if c is not ProgressCallback] + [EpochLines]
     try: yield
     finally: defaults.callbacks = old
 
