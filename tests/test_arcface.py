@@ -268,6 +268,27 @@ def test_fit_auto_keeps_the_fine_tune_only_when_validation_says_so(keep, tmp_pat
         assert again.fit_log == [] and again.kept == learn.kept and again.wk['frozen']
         torch.testing.assert_close(arcface_features(again, imgs[:3], tta=False), f)
 
+def test_fit_auto_moves_a_frozen_model_to_its_own_backbone(tmp_path, wklog):
+    "'auto', the fine-tune not kept, `arcface_frozen_arch` set: the frozen model is rebuilt on that backbone, checkpointed in its folder"
+    imgs, ids = toy_whales()
+    kw = dict(preset=tiny_preset(select_z=1e9, arcface_frozen_arch='resnet14t'), path=tmp_path, cache_dir=tmp_path/'cache',
+              arcface_epochs=(2, 2), arcface_ft_epochs=(2, 2))
+    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, **kw)
+    assert learn.kept == 'step 0 on resnet14t (fine-tune of resnet10t not kept)' and learn.wk['frozen']
+    assert learn.wk['tag'] == 'resnet14t-random' and 'the frozen model moves to resnet14t' in wklog.text
+    assert [o['stage'] for o in learn.fit_log] == ['neck', 'thaw', 'neck'] and len(learn.selectors) == 3
+    assert load_checkpoint(tmp_path/'resnet14t'/'arcface.pth')['arch'] == 'resnet14t'
+    f = arcface_features(learn, imgs[:3], tta=False)
+    assert f.shape == (3, 16) and torch.isfinite(f).all()
+    with quiet_bars(True): again = fit_arcface(imgs, ids, TR, VA, **kw)    # every phase from its checkpoint: nothing trains
+    assert again.fit_log == [] and again.kept == learn.kept
+    torch.testing.assert_close(arcface_features(again, imgs[:3], tta=False), f)
+    # the same arch as the fine-tune's, or none: no move
+    for alt in (None, 'resnet10t'):
+        kw2 = {**kw, 'preset': tiny_preset(select_z=1e9, arcface_frozen_arch=alt), 'path': tmp_path/f'same_{alt}'}
+        with quiet_bars(True): same = fit_arcface(imgs, ids, TR, VA, **kw2)
+        assert same.kept == 'step 0 (fine-tune not kept)' and same.wk['tag'] == 'resnet10t-random'
+
 def test_fit_auto_without_validation_or_time_stays_frozen(wklog):
     imgs, ids = toy_whales()
     with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, None, preset=tiny_preset(), arcface_epochs=(2, 2))

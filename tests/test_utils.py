@@ -24,7 +24,7 @@ def toy_whales(n_ids:int=6, per_id:int=3, n_new:int=3, size=(32,64), seed:int=0,
 def tiny_preset(**kw):
     "The cpu preset shrunk for tests: a small random backbone (no weights), small heads, small batches"
     from whale_kernel.core import get_preset
-    return get_preset('cpu', **{**dict(arch='resnet10t', siamese_arch=None, weights=None, emb_dim=16, siamese_feats=8, bs=8, min_per_id=2,
+    return get_preset('cpu', **{**dict(arch='resnet10t', siamese_arch=None, arcface_frozen_arch=None, weights=None, emb_dim=16, siamese_feats=8, bs=8, min_per_id=2,
                                        views=2, siamese_views=4, pixels=32*64), **kw})
 
 def write_photos(folder, names, size=(24,48), seed=0):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_arcface.ipynb #75e6f128
 from __future__ import annotations
-import math
+import dataclasses, math
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn, torch.nn.functional as F
@@ -298,7 +298,17 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     tl = fit_stages(tl, [Stage('thaw', ft, **thaw)], fn('arcface_thaw.pth'), budget, reserve, select(), meta)
     tl.selectors,tl.fit_log = learn.selectors + [tl.selector],learn.fit_log + tl.fit_log
     if tl.kept == 'step 0':              # `choose` loaded the frozen result into the shared model: score it from the cache
-        learn.kept,learn.selectors,learn.fit_log = f'{learn.kept} (fine-tune not kept)',tl.selectors,tl.fit_log; return learn
+        learn.kept,learn.selectors,learn.fit_log = f'{learn.kept} (fine-tune not kept)',tl.selectors,tl.fit_log
+        alt = p.arcface_frozen_arch
+        if not alt or alt == p.arch: return learn
+        if budget is not None and budget.left - reserve < 60:
+            log.info(f'arcface: {budget.left:.0f}s left, no time to move the frozen model to {alt}'); return learn
+        # frozen features it is: a backbone of its own, beside the kNN's and the Siamese's, makes the blend more diverse
+        log.info(f'arcface: the fine-tune was not kept, so the frozen model moves to {alt}')
+        fl = fit_arcface(imgs, ids, train_idx, valid_idx, dataclasses.replace(p, arch=alt, arcface_mode='frozen', arcface_frozen_arch=None),
+                         path=fn(alt), budget=budget, cache_dir=cache_dir, reserve=reserve)
+        fl.kept,fl.selectors,fl.fit_log = f'{fl.kept} on {alt} (fine-tune of {p.arch} not kept)',tl.selectors + fl.selectors,tl.fit_log + fl.fit_log
+        return fl
     tl.kept = f'{learn.kept}, then fine-tune {tl.kept}'
     return tl
 
