@@ -2,6 +2,7 @@
 import math, numpy as np, pytest, torch, torch.nn.functional as F
 from fastai.torch_core import set_seed
 from whale_kernel.core import TimeBudget
+from whale_kernel.backbone import create_backbone
 from whale_kernel.data import NEW_WHALE, array_dls
 from whale_kernel.train import load_checkpoint, SelectBest
 from whale_kernel.pipeline import quiet_bars
@@ -288,6 +289,11 @@ def test_fit_auto_moves_a_frozen_model_to_its_own_backbone(tmp_path, wklog):
         kw2 = {**kw, 'preset': tiny_preset(select_z=1e9, arcface_frozen_arch=alt), 'path': tmp_path/f'same_{alt}'}
         with quiet_bars(True): same = fit_arcface(imgs, ids, TR, VA, **kw2)
         assert same.kept == 'step 0 (fine-tune not kept)' and same.wk['tag'] == 'resnet10t-random'
+    # weights from a state-dict file are the fine-tuned arch's alone: no move either
+    sd = tmp_path/'resnet10t.pth'; torch.save(create_backbone('resnet10t', None).state_dict(), sd)
+    kw3 = {**kw, 'preset': tiny_preset(select_z=1e9, arcface_frozen_arch='resnet14t', weights=str(sd)), 'path': tmp_path/'file'}
+    with quiet_bars(True): same = fit_arcface(imgs, ids, TR, VA, **kw3)
+    assert same.kept == 'step 0 (fine-tune not kept)' and 'stays on resnet10t, whose weights come from' in wklog.text
 
 def test_fit_auto_without_validation_or_time_stays_frozen(wklog):
     imgs, ids = toy_whales()

@@ -301,6 +301,8 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
         learn.kept,learn.selectors,learn.fit_log = f'{learn.kept} (fine-tune not kept)',tl.selectors,tl.fit_log
         alt = p.arcface_frozen_arch
         if not alt or alt == p.arch: return learn
+        if p.weights not in ('offline', None):     # a state-dict file holds the weights of `arch` alone
+            log.info(f'arcface: the frozen model stays on {p.arch}, whose weights come from {p.weights}'); return learn
         if budget is not None and budget.left - reserve < 60:
             log.info(f'arcface: {budget.left:.0f}s left, no time to move the frozen model to {alt}'); return learn
         # frozen features it is: a backbone of its own, beside the kNN's and the Siamese's, makes the blend more diverse
