@@ -81,6 +81,8 @@ def to_prob(values, ab) -> np.ndarray:
     return np.where(np.isfinite(v), 1/(1 + np.exp(-np.clip(ab[0]*np.nan_to_num(v, neginf=0.) + ab[1], -50, 50))), 0.).astype(np.float32)
 
 # %% ../nbs/06_ensemble.ipynb #ec1ef426
+def _knows(truth, ids) -> bool: return bool(np.isin(truth, ids).any())   # a known whale among the answers: something to search on
+
 @dataclass
 class ModelScores:
     "One model's validation scores `valid` (answers `truth`) and `test` scores, calibrated by `ab` (None: probabilities), with its `new_whale` threshold"
@@ -102,14 +104,14 @@ class ModelScores:
     @property
     def has_valid(self) -> bool:
         "Does the validation split hold a known whale? Without one nothing is searched: see `fit`"
-        return bool(np.isin(self.truth, self.valid.ids).any())
+        return _knows(self.truth, self.valid.ids)
 
     @classmethod
     def fit(cls, name, valid:ScoreMatrix, truth, test:ScoreMatrix, secs:float=0., info=None) -> ModelScores:
         "Calibrate `valid`, align `test` to its ids, and search the `new_whale` threshold on validation (with no known whale there: uncalibrated, `new_whale` first for the leaderboard's share of test photos, `ratio_threshold`)"
         test = test.align(valid.ids)
         ab = calibrate(valid.values, valid.ids, truth)
-        if not np.isin(truth, valid.ids).any():
+        if not _knows(truth, valid.ids):
             return cls(name, valid, list(truth), test, ab, ratio_threshold(to_prob(test.values, ab)), math.nan, secs, info or {})
         thr,m = best_threshold(to_prob(valid.values, ab), valid.ids, list(truth))
         return cls(name, valid, list(truth), test, ab, thr, m, secs, info or {})
@@ -159,20 +161,18 @@ def blend(scores:list, step:float=0.1, alphas=(0.25, 0.5, 1., 2.), tol:float=0.0
     truth = scores[0].truth
     cands = [(np.asarray(weights, float)/np.sum(weights), alpha or 1.)] if weights is not None else \
             [(w, a) for w in _simplex(len(al), step) for a in (alphas if alpha is None else [alpha])]
-    if not np.isin(truth, ids).any():     # no known whale to search on: given or equal weights, α 1, the prior share of new_whale
-        w,a = cands[0] if weights is not None else (np.full(len(al), 1/len(al)), alpha or 1.)
-        t = power_mean(pt, w, a)
-        return ModelScores(f"blend({'+'.join(s.name for s,wi in zip(scores, w) if wi > 0)})", ScoreMatrix(vnames, ids, power_mean(pv, w, a)),
-                           truth, ScoreMatrix(tnames, ids, t), None, ratio_threshold(t), math.nan, sum(s.secs for s in scores),
-                           dict(weights={s.name: round(float(wi), 3) for s,wi in zip(scores, w)}, alpha=a, search=[]))
     res = []
-    for w,a in cands:
-        thr,m = best_threshold(power_mean(pv, w, a), ids, truth)
-        res.append((m, -float(np.square(w - 1/len(w)).sum()), w, a, thr))    # squared distance to equal weights
-    best = max(r[0] for r in res)
-    floor = max([best - tol] + [r[0] for r in res if (r[2] > 0).sum() == 1])   # never below the best single model
-    by_name = np.argsort([s.name for s in scores], kind='stable')            # last tie-break: the same whatever the caller's order
-    m,_,w,a,thr = max([r for r in res if r[0] >= floor - 1e-9], key=lambda r: (round(r[1], 12), r[0], tuple(r[2][by_name])))
+    if not scores[0].has_valid:      # no known whale to search on: given or equal weights, α 1, the prior share of new_whale
+        w,a = cands[0] if weights is not None else (np.full(len(al), 1/len(al)), alpha or 1.)
+        m,thr = math.nan,ratio_threshold(power_mean(pt, w, a))
+    else:
+        for w,a in cands:
+            thr,m = best_threshold(power_mean(pv, w, a), ids, truth)
+            res.append((m, -float(np.square(w - 1/len(w)).sum()), w, a, thr))    # squared distance to equal weights
+        best = max(r[0] for r in res)
+        floor = max([best - tol] + [r[0] for r in res if (r[2] > 0).sum() == 1])   # never below the best single model
+        by_name = np.argsort([s.name for s in scores], kind='stable')            # last tie-break: the same whatever the caller's order
+        m,_,w,a,thr = max([r for r in res if r[0] >= floor - 1e-9], key=lambda r: (round(r[1], 12), r[0], tuple(r[2][by_name])))
     info = dict(weights={s.name: round(float(wi), 3) for s,wi in zip(scores, w)}, alpha=a,
                 search=[(dict(zip([s.name for s in scores], map(float, r[2]))), r[3], round(r[0], 4)) for r in res])
     name = '+'.join(s.name for s,wi in zip(scores, w) if wi > 0)

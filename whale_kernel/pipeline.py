@@ -189,11 +189,15 @@ def quiet_bars(quiet:bool|None=None):
 class RunError(RuntimeError):
     "A run that ended without a model's answer (the fallback submission is written first)"
 
+def _repeated(ids) -> int:
+    "How many known whales have two or more photos among labels `ids`"
+    ids = pd.Series(np.asarray(ids, dtype=object))
+    return int((ids[ids != NEW_WHALE].value_counts() >= 2).sum())
+
 def _no_pairs(ids) -> str|None:
     "Why training labels `ids` give the Siamese no pair of the same whale or none of two different ones (None: they do)"
-    ids = pd.Series(ids)
-    if not (ids[ids != NEW_WHALE].value_counts() >= 2).any(): return 'no whale has two train photos, so there is no pair of the same whale to learn from'
-    if ids.nunique() < 2: return 'every train photo shows the same whale, so there is no pair of different whales to learn from'
+    if not _repeated(ids): return 'no whale has two train photos, so there is no pair of the same whale to learn from'
+    if pd.Series(ids).nunique() < 2: return 'every train photo shows the same whale, so there is no pair of different whales to learn from'
 
 def _fmt(x:float) -> str: return 'n/a (no validation split)' if math.isnan(x) else f'{x:.4f}'
 
@@ -238,7 +242,7 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
                                         equalize=p.equalize)[0] for m in (0., 0.15)]
     is_valid = valid_split(train, seed=p.seed)
     if not (is_valid & (train.Id.values != NEW_WHALE)).any():
-        n2 = int((train.Id[train.Id != NEW_WHALE].value_counts() >= 2).sum())
+        n2 = _repeated(train.Id)
         log.warning(f"{'no whale has' if n2 == 0 else f'only {n2} whale(s) have'} two train photos, too few to hold out a validation split: "
                     'nothing is chosen on validation '
                     '(the learners keep their last epoch, no extra is tried, the blend weighs the models equally, and new_whale '

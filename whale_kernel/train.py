@@ -286,21 +286,24 @@ class eval_mode:
     def __exit__(self, *a):
         for m,t in zip(self.model.modules(), self.modes): m.training = t
 
+def _embed_batch(fn, x, dev) -> torch.Tensor:
+    "`fn` on batch `x` in NHWC (oneDNN and cuDNN convolutions are fastest there), under autocast on a GPU (the CPU keeps features in fp32, see above); pooled if 4-D, fp32 on the CPU"
+    dt = amp_dtype(dev) if dev.type == 'cuda' else None
+    with torch.autocast(dev.type, dtype=dt or torch.float32, enabled=dt is not None):
+        o = fn(x.contiguous(memory_format=torch.channels_last))
+    return (o.mean((2,3)) if o.ndim == 4 else o).float().cpu()
+
 @torch.no_grad()
 def features(fn, imgs, idxs=None, bs:int=64, tta:bool=False, size=None, device=None, model:nn.Module|None=None) -> torch.Tensor:
     "Features (N, V·D) on CPU of rows `idxs` of uint8 `imgs` by `fn` (a model, or any callable on normalised batches using `model`); V=2 with `tta`"
     model = fn if isinstance(fn, nn.Module) else model
     dev = torch.device(device) if device is not None else (next(model.parameters()).device if model is not None else default_device())
-    dt = amp_dtype(dev) if dev.type == 'cuda' else None    # the CPU keeps features in fp32 (see above)
     def run(flip):
         out = []
         for x in img_batches(imgs, idxs, bs=bs, device=dev, flip=flip):
             if size is not None and tuple(x.shape[-2:]) != tuple(size):
                 x = F.interpolate(x, size=tuple(size), mode='bilinear', antialias=True)
-            x = x.contiguous(memory_format=torch.channels_last)       # oneDNN and cuDNN convolutions: fastest in NHWC
-            with torch.autocast(dev.type, dtype=dt or torch.float32, enabled=dt is not None):
-                o = fn(x)
-            out.append((o.mean((2,3)) if o.ndim == 4 else o).float().cpu())
+            out.append(_embed_batch(fn, x, dev))
         return torch.cat(out) if out else torch.zeros(0, 0)
     if model is not None:
         with eval_mode(model): vs = [run(fl) for fl in (False, True)[:1+tta]]
@@ -336,17 +339,12 @@ def pooled_views(backbone:nn.Module, imgs, views:int=2, aug_kw:dict|None=None, b
     if all(o is not None for o in out): return torch.stack(out)
     fresh = [o is None for o in out]
     dev = torch.device(device) if device is not None else next(backbone.parameters()).device
-    dt = amp_dtype(dev) if dev.type == 'cuda' else None    # the CPU keeps features in fp32 (see above)
-    def pool(x):
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=dt or torch.float32, enabled=dt is not None):
-            o = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
-        return (o.mean((2,3)) if o.ndim == 4 else o).float().cpu()
+    head = lambda x: backbone.forward_head(backbone.forward_features(x), pre_logits=True)
     aug = Pipeline(aug_tfms(True, size=size, **(aug_kw or {})), split_idx=0)
     torch_state = torch.get_rng_state()
     with eval_mode(backbone):
         if any(o is None for o in out[:2]):
-            f = features(pool, imgs, bs=bs, tta=views > 1, size=size, device=dev, model=backbone)
+            f = features(head, imgs, bs=bs, tta=views > 1, size=size, device=dev, model=backbone)
             out[:2] = list(f.view(len(f), min(views, 2), -1).transpose(0, 1))
         for v in range(2, views):
             if out[v] is not None: continue
@@ -354,7 +352,7 @@ def pooled_views(backbone:nn.Module, imgs, views:int=2, aug_kw:dict|None=None, b
             for i in range(0, len(imgs), bs):
                 x = aug(TensorImage(torch.from_numpy(np.array(imgs[i:i+bs])).permute(0,3,1,2).to(dev)))
                 x = x.as_subclass(torch.Tensor)
-                fs.append(pool(x.flip(3) if v % 2 else x))
+                fs.append(_embed_batch(head, x.flip(3) if v % 2 else x, dev))
             out[v] = torch.cat(fs)
     torch.set_rng_state(torch_state)
     for o,fn,new in zip(out, fns, fresh):
