@@ -25,6 +25,7 @@ def test_happy_path(comp):
     ('Image,Id\ntr0.jpg,\n', 'line(s) 2'),
     ('Image,Id\ntr0.jpg,w_a\ntr0.jpg,w_b\n', 'different ids on lines 2, 3'),
     ('Image,Id\ntr0.jpg,w_a\nnope.jpg,w_b\n', 'nope.jpg (line(s) 3)'),
+    ('Image,Id\ntr0.jpg,w_a\ntr1.jpg,w\tb\n', "1 id(s) with whitespace, e.g. 'w\\tb' (line(s) 3)"),
 ])
 def test_bad_train_csv(comp, csv, msg):
     (comp/'train.csv').write_text(csv)

@@ -126,6 +126,7 @@ def test_a_failing_model_leaves_the_others(tiny_data, tmp_path, monkeypatch, wkl
     ({}, ('te0.jpg',), 'no rows below the header'),
     ({'a.jpg': 'new_whale', 'b.jpg': 'new_whale'}, ('te0.jpg',), 'all 2 rows are new_whale'),
     ({'a.jpg': 'w_1', 'b.jpg': 'w_1'}, ('te0.jpg', 'b.jpg'), 'also listed as train photos, e.g. b.jpg'),
+    ({'a.jpg': 'w 1', 'b.jpg': 'w 1'}, ('te0.jpg',), "2 id(s) with whitespace, e.g. 'w 1'"),
 ])
 def test_bad_train_set_one_line_exit_2(tmp_path, capsys, train, test, msg):
     "Issue 9 item 5 through the CLI: one line naming train.csv, exit 2, no traceback, nothing written"

@@ -120,6 +120,10 @@ def read_competition(path, bbox_csv=None) -> Competition:
     if not len(train): raise CompetitionError(f"{path/'train.csv'}: no rows below the header, so there is nothing to train on")
     if (train.Id == NEW_WHALE).all():
         raise CompetitionError(f"{path/'train.csv'}: all {len(train)} rows are {NEW_WHALE}, so there is no known whale to learn")
+    spaced = np.flatnonzero(train.Id.str.contains(r'\s').values)
+    if len(spaced):
+        raise CompetitionError(f"{path/'train.csv'}: {len(spaced)} id(s) with whitespace, e.g. {train.Id.iloc[spaced[0]]!r} "
+                               f"(line(s) {_lines(spaced)}); a submission's answers are space-separated, so an id must be one word")
     _check_files(train, path/'train', path/'train.csv')
     tdir = path/'test'
     if not tdir.is_dir(): raise CompetitionError(f'{tdir}: test dir not found')
