@@ -281,3 +281,32 @@ def test_pseudo_round_only_when_validation_says_so(knn_inputs, wklog):
     assert r['conf'] == 0. and 0 < r['n'] <= len(tn) and 'pseudo-label round' in on.info['kept']
     assert on.test.values.shape == plain.test.values.shape and not np.allclose(on.test.values, plain.test.values)
     assert list(on.truth) == list(plain.truth)                       # the validation answers are the split's, never pseudo-labels
+
+def test_new_whale_twins(knn_inputs, wklog):
+    "A test photo that is a copy of a training new_whale photo gets new_whale first; the cut is the known validation photos' largest lean, so none of them moves; too few of them, and nothing moves"
+    from whale_kernel.pipeline import score_model
+    from whale_kernel.ensemble import to_prob
+    imgs, ids, isv, timgs, vn, tn = knn_inputs
+    nw = np.flatnonzero((ids == 'new_whale') & ~isv); assert len(nw)
+    t2, n2 = np.concatenate([timgs, imgs[nw]]), tn + [f'twin{i}.jpg' for i in range(len(nw))]
+    sm = lambda **o: score_model('knn', imgs, ids, isv, t2, get_preset('cpu', **{**TINY, 'rerank': False, 'pseudo': False, **o}), vn, n2)
+    off = sm(new_twins=0.)
+    assert off.info['new_twins'] is None and 'new_whale first for' not in wklog.text
+    nk = sum(t != 'new_whale' for t in off.truth)
+    few = sm(new_twins=1/(nk + 2))                          # one known validation photo short of bounding the share at that level
+    assert few.info['new_twins'] is None and f'twins not looked for: {nk} known validation photos' in wklog.text
+    np.testing.assert_allclose(few.pt, to_prob(off.test.values, off.ab))
+    on = sm(new_twins=1/(nk + 1))                           # just enough of them
+    tw, twins = on.info['new_twins'], np.arange(len(tn), len(n2))
+    assert f"new_whale first for {tw['test']} of {len(n2)} test photos" in wklog.text and tw['test'] >= len(nw)
+    pt0 = to_prob(off.test.values, off.ab)
+    assert (on.pt[twins].max(1) < on.thr).all() and (on.pt[twins].argmax(1) == pt0[twins].argmax(1)).all()
+    flagged = on.pt.max(1) < pt0.max(1)                     # the rows it moved: exactly as many as it says
+    assert flagged.sum() == tw['test'] and np.allclose(on.pt[~flagged], pt0[~flagged])
+    known = np.array([t != 'new_whale' for t in on.truth])
+    np.testing.assert_allclose(on.pv[known], to_prob(off.valid.values, off.ab)[known])
+    assert on.thr == off.thr and on.map_valid >= off.map_valid
+
+@pytest.mark.parametrize('bad', [True, -0.1, 1., 'x'])
+def test_new_twins_must_be_a_share(bad):
+    with pytest.raises(ValueError, match='Preset.new_twins must be a share in'): get_preset('cpu', new_twins=bad)

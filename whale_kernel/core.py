@@ -86,6 +86,9 @@ class Preset:
     rerank_beta:tuple = (0.5, 1.)      # strengths tried (0, no re-ranking, is always a candidate)
     pseudo:bool = True                 # try confident test photos in the gallery on validation; kept only when it gains
     pseudo_conf:tuple = (0.9, 0.7)     # calibrated probabilities tried as the confidence rule
+    new_twins:float = 0.05             # new_whale first for a test photo nearer a new_whale photo, against its best whale, than any known
+                                       # validation photo is, when there are enough of those to bound the share of known photos
+                                       # it can move by this (needs 1/new_twins − 1 of them; 0: off). 07_pipeline: dogs blend +0.02
     pseudo_round:float = 0.25          # ArcFace: a second round on the train plus confident test photos, this share of the kept phase's steps; kept only when it gains (0: none)
     centres:bool = True                # ArcFace: try whale scores averaged with the class-centre cosines; kept only when it gains
     tta:bool = True                    # horizontal-flip test-time augmentation
@@ -110,6 +113,8 @@ class Preset:
             if getattr(self, k) not in ok: raise ValueError(f"Preset.{k} must be one of {ok}, got {getattr(self, k)!r}")
         if isinstance(self.pseudo_round, bool) or not isinstance(self.pseudo_round, (int, float)) or not 0 <= self.pseudo_round <= 1:
             raise ValueError(f"Preset.pseudo_round must be a share of the kept phase's steps in [0, 1] (0: no round), got {self.pseudo_round!r}")
+        if isinstance(self.new_twins, bool) or not isinstance(self.new_twins, (int, float)) or not 0 <= self.new_twins < 1:
+            raise ValueError(f"Preset.new_twins must be a share in [0, 1) (0: off), got {self.new_twins!r}")
         if isinstance(self.ddp, bool) or not isinstance(self.ddp, int) or self.ddp < 0:
             raise ValueError(f'Preset.ddp must be a process count >= 0 (0: every GPU when there are two or more), got {self.ddp!r}')
 

@@ -64,6 +64,18 @@ def _with_centres(s, c, vocab, all_ids):
     out[:, cols] = (out[:, cols] + np.asarray(c, np.float32))/2
     return out
 
+def _best(v) -> np.ndarray:
+    "Each row's best finite score (−inf where none)"
+    v = np.asarray(v, np.float32); return np.where(np.isfinite(v), v, -np.inf).max(1) if v.shape[1] else np.full(len(v), -np.inf, np.float32)
+
+def _new_first(ms, fv, ft, extra) -> ModelScores:
+    "`ms` as probabilities with `new_whale` first for validation rows `fv` and test rows `ft` (their whales keep their order), at the same threshold"
+    pv, pt, f = ms.pv, ms.pt, (0.5*ms.thr if ms.thr > 0 else 1.)
+    pv[fv] *= f; pt[ft] *= f
+    m = float(query_aps(pv, ms.valid.ids, ms.truth, ms.thr).mean()) if ms.has_valid else ms.map_valid
+    return ModelScores(ms.name, ScoreMatrix(ms.valid.names, ms.valid.ids, pv), list(ms.truth), ScoreMatrix(ms.test.names, ms.test.ids, pt),
+                       None, ms.thr, m, ms.secs, {**ms.info, **extra})
+
 def _pseudo(spec, model, ms, conf, pt_tr, sv0, fv, tfs, rts, ids, gal, gtr, all_ids, reduce, fit):
     "`ms` rescored with the test photos named with probability ≥ `conf` (and above the `new_whale` threshold) in the gallery"
     count = lambda g: pd.Series(ids[g]).value_counts().reindex(all_ids, fill_value=0).values.astype(np.float32)
@@ -93,15 +105,17 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
         except Exception as e: log.warning(f'{name}: the {n}-process DDP run failed or was cut short ({str(e).splitlines()[0]}); going on in this process')
     model = spec.fit(imgs, ids, tr, valid_idx=va[known[va]], preset=p, path=path, budget=budget, cache_dir=cache_dir, reserve=reserve)
     gal, gtr = np.flatnonzero(known), np.flatnonzero(known & ~is_valid)
+    nwa, nwt = np.flatnonzero(~known), np.flatnonzero(~known & ~is_valid)    # new_whale photos: all of them, the training ones
+    use_nw = p.new_twins > 0 and len(va) > 0 and len(nwt) > 0
     all_ids = sorted(set(ids[known])); need = np.union1d(gal, va)
     sels = [o for o in getattr(model, 'selectors', [getattr(model, 'selector', None)]) if o is not None]   # one per training phase
     info = dict(kept=getattr(model, 'kept', None), curve=[round(float(c), 4) for o in sels for c in o.curve],
                 step0=None if not sels or sels[0].base is None else round(float(sels[0].base.mean()), 4),
-                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None, centres=False, pseudo_round=None)
+                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None, centres=False, pseudo_round=None, new_twins=None)
     crops = timgs if isinstance(timgs, list) else [timgs]
 
     def score_all(model, info):
-        "The plain scores of `model`, every extra tried on validation, and the test's whale scores against the training gallery alone"
+        "The plain scores of `model`, every extra tried on validation, the test's whale scores against the training gallery alone, and the features it compared"
         f = spec.features(model, imgs, tta=p.tta, idxs=need)         # the gallery and validation photos: no other one is compared
         ft = lambda rows: f[np.searchsorted(need, rows)]
         betas = [0.] + (list(p.rerank_beta) if p.rerank and len(va) else [])
@@ -128,11 +142,11 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
             pt_tr = to_prob(st_tr, ms.ab)
             cands += [o for o in (_pseudo(spec, model, ms, conf, pt_tr, sv[0.], ft(va), tfs, rts, ids, gal, gtr, all_ids, p.reduce, fit)
                                   for conf in p.pseudo_conf) if o is not None]
-        return ms, cands, st_tr
+        return ms, cands, st_tr, (model, ft, tfs)
 
     aps = lambda m: query_aps(m.pv, m.valid.ids, m.truth, m.thr)
     what = lambda m: {k_:v for k_,v in m.info.items() if k_ in ('rerank', 'pseudo', 'centres') and v}
-    ms0, cands, st_tr = score_all(model, info); ms = ms0
+    ms0, cands, st_tr, nws = score_all(model, info); ms = ms0
     if cands:                            # re-ranking or pseudo-labels only when validation says so, by more than its noise
         best = max(cands, key=lambda m: m.map_valid)
         keep,g,se = beats(aps(best), aps(ms0), p.select_z)
@@ -150,13 +164,29 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
             if len(u):
                 m2 = spec.pseudo_fit(model, imgs, ids, tr, crops[0], u, lab, preset=p, path=path, budget=budget, reserve=reserve)
                 r2 = dict(conf=conf, n=int(len(u)))
-                ms2, c2, _ = score_all(m2, {**info, 'kept':getattr(m2, 'kept', None), 'pseudo_round':r2})
+                ms2, c2, _, nws2 = score_all(m2, {**info, 'kept':getattr(m2, 'kept', None), 'pseudo_round':r2})
                 best = max([ms2] + c2, key=lambda m: m.map_valid)
                 keep,g,se = beats(aps(best), aps(ms), p.select_z)
                 log.info(f"{name}: pseudo-label round ({r2['n']} test photos at confidence {conf}) {'kept' if keep else 'not kept'}: "
                          f"validation MAP@5 {ms.map_valid:.4f} -> {best.map_valid:.4f} (with {what(best) or 'no extra'}), "
                          f"paired gain {g:+.4f} ± {se:.4f}")
-                if keep: ms = best
+                if keep: ms, nws = best, nws2
+    vk = np.isin(np.asarray(ms.truth, dtype=object), ms.valid.ids)   # the known validation photos
+    if use_nw and vk.sum() + 1 < 1/p.new_twins - 1e-9:
+        log.info(f"{name}: new_whale twins not looked for: {vk.sum()} known validation photos, and bounding the share of known "
+                 f"test photos put behind new_whale by {p.new_twins} takes {math.ceil(1/p.new_twins - 1 - 1e-9)}")
+    elif use_nw:   # new_whale twins (see above): the cut is the known validation photos' largest lean
+        (m_, ft, tfs), nwv = nws, np.intersect1d(nwa, va)
+        fn = spec.features(m_, imgs, tta=p.tta, idxs=nwt)              # the training new_whale photos, for the kept model only
+        near = lambda q, g: np.asarray(spec.similarity(m_, q, g)).max(1)
+        nv = near(ft(va), fn)                                            # validation: against the training ones
+        nt = sum(np.maximum(near(tf, fn), near(tf, ft(nwv))) if len(nwv) else near(tf, fn) for tf in tfs)/len(tfs)   # test: every one
+        dv, dt = nv - _best(ms.valid.values), nt - _best(ms.test.values)
+        cut = float(dv[vk].max()); up_v, up_t = dv > cut, dt > cut
+        ms = _new_first(ms, up_v, up_t, dict(new_twins=dict(cut=round(cut, 4), valid=int(up_v.sum()), test=int(up_t.sum()))))
+        log.info(f"{name}: new_whale first for {up_t.sum()} of {len(up_t)} test photos (and {up_v.sum()} validation ones) that sit nearer a "
+                 f"new_whale photo, against their best whale, than any known validation photo does ({len(nwt)} training new_whale photos "
+                 f"for validation, all {len(nwa)} for the test)")
     ms.secs = time.monotonic() - t0
     return ms
 
