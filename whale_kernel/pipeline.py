@@ -142,7 +142,7 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
             pt_tr = to_prob(st_tr, ms.ab)
             cands += [o for o in (_pseudo(spec, model, ms, conf, pt_tr, sv[0.], ft(va), tfs, rts, ids, gal, gtr, all_ids, p.reduce, fit)
                                   for conf in p.pseudo_conf) if o is not None]
-        return ms, cands, st_tr, (model, ft, tfs)
+        return ms, cands, st_tr, (model, ft, tfs, sv[0.], st[0.])
 
     aps = lambda m: query_aps(m.pv, m.valid.ids, m.truth, m.thr)
     what = lambda m: {k_:v for k_,v in m.info.items() if k_ in ('rerank', 'pseudo', 'centres') and v}
@@ -176,12 +176,12 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
         log.info(f"{name}: new_whale twins not looked for: {vk.sum()} known validation photos, and bounding the share of known "
                  f"test photos put behind new_whale by {p.new_twins} takes {math.ceil(1/p.new_twins - 1 - 1e-9)}")
     elif use_nw:   # new_whale twins (see above): the cut is the known validation photos' largest lean
-        (m_, ft, tfs), nwv = nws, np.intersect1d(nwa, va)
+        (m_, ft, tfs, sv0, st0), nwv = nws, np.intersect1d(nwa, va)
         fn = spec.features(m_, imgs, tta=p.tta, idxs=nwt)              # the training new_whale photos, for the kept model only
         near = lambda q, g: np.asarray(spec.similarity(m_, q, g)).max(1)
         nv = near(ft(va), fn)                                            # validation: against the training ones
         nt = sum(np.maximum(near(tf, fn), near(tf, ft(nwv))) if len(nwv) else near(tf, fn) for tf in tfs)/len(tfs)   # test: every one
-        dv, dt = nv - _best(ms.valid.values), nt - _best(ms.test.values)
+        dv, dt = nv - _best(sv0), nt - _best(st0)                       # both plain similarities, whatever extra was kept
         cut = float(dv[vk].max()); up_v, up_t = dv > cut, dt > cut
         ms = _new_first(ms, up_v, up_t, dict(new_twins=dict(cut=round(cut, 4), valid=int(up_v.sum()), test=int(up_t.sum()))))
         log.info(f"{name}: new_whale first for {up_t.sum()} of {len(up_t)} test photos (and {up_v.sum()} validation ones) that sit nearer a "
