@@ -72,9 +72,8 @@ def _new_first(ms, fv, ft, extra) -> ModelScores:
     "`ms` as probabilities with `new_whale` first for validation rows `fv` and test rows `ft` (their whales keep their order), at the same threshold"
     pv, pt, f = ms.pv, ms.pt, (0.5*ms.thr if ms.thr > 0 else 1.)
     pv[fv] *= f; pt[ft] *= f
-    m = float(query_aps(pv, ms.valid.ids, ms.truth, ms.thr).mean()) if ms.has_valid else ms.map_valid
     return ModelScores(ms.name, ScoreMatrix(ms.valid.names, ms.valid.ids, pv), list(ms.truth), ScoreMatrix(ms.test.names, ms.test.ids, pt),
-                       None, ms.thr, m, ms.secs, {**ms.info, **extra})
+                       None, ms.thr, float(query_aps(pv, ms.valid.ids, ms.truth, ms.thr).mean()), ms.secs, {**ms.info, **extra})
 
 def _pseudo(spec, model, ms, conf, pt_tr, sv0, fv, tfs, rts, ids, gal, gtr, all_ids, reduce, fit):
     "`ms` rescored with the test photos named with probability ≥ `conf` (and above the `new_whale` threshold) in the gallery"
@@ -172,9 +171,10 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
                          f"paired gain {g:+.4f} ± {se:.4f}")
                 if keep: ms, nws = best, nws2
     vk = np.isin(np.asarray(ms.truth, dtype=object), ms.valid.ids)   # the known validation photos
-    if use_nw and vk.sum() + 1 < 1/p.new_twins - 1e-9:
+    n_vk = math.ceil(1/p.new_twins - 1 - 1e-9) if use_nw else 0      # how many bound the share of known test photos moved by `new_twins`
+    if use_nw and vk.sum() < n_vk:
         log.info(f"{name}: new_whale twins not looked for: {vk.sum()} known validation photos, and bounding the share of known "
-                 f"test photos put behind new_whale by {p.new_twins} takes {math.ceil(1/p.new_twins - 1 - 1e-9)}")
+                 f"test photos put behind new_whale by {p.new_twins} takes {n_vk}")
     elif use_nw:   # new_whale twins (see above): the cut is the known validation photos' largest lean
         (m_, ft, tfs, sv0, st0), nwv = nws, np.intersect1d(nwa, va)
         fn = spec.features(m_, imgs, tta=p.tta, idxs=nwt)              # the training new_whale photos, for the kept model only
