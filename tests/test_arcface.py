@@ -4,11 +4,11 @@ from fastai.torch_core import set_seed
 from whale_kernel.core import TimeBudget
 from whale_kernel.backbone import create_backbone
 from whale_kernel.data import NEW_WHALE, array_dls
-from whale_kernel.train import load_checkpoint, SelectBest
+from whale_kernel.train import load_checkpoint, SelectBest, frozen_size
 from whale_kernel.pipeline import quiet_bars
 from whale_kernel.arcface import (GeM, CosineHead, ArcFaceLoss, arc_margin, dynamic_margins, flip_labels, fold_flips, FlipClasses,
                                   oversample, imprint, arcface_model, arcface_learner, ViewDL, fit_arcface, arcface_features,
-                                  arcface_similarity, arcface_class_scores)
+                                  arcface_similarity, arcface_class_scores, arcface_centre_scores)
 from test_utils import toy_whales, tiny_preset, state, same_state
 
 torch.set_num_threads(1)
@@ -215,6 +215,19 @@ def test_fit_frozen_resumes_finished_and_refuses_other_data(frozen, wklog):
     assert same_state(state(again.model), state(learn.model))
     with quiet_bars(True): other = fit_arcface(imgs, ids, TR[ids[TR] != 'w0'], preset=tiny_preset(arcface_mode='frozen'), path=path, arcface_epochs=(2, 2))
     assert 'checkpoint is for another run' in wklog.text and len(other.fit_log[0]['secs']) == 2
+
+def test_frozen_model_sees_the_pretraining_side():
+    "A frozen ArcFace takes `frozen_res` (photos scaled up to its backbone's pretraining side); in 'auto' the frozen phase is the fine-tune's step 0, at the photos' own size"
+    imgs, ids = toy_whales(noise=False)
+    with quiet_bars(True):
+        fr = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(arcface_mode='frozen', frozen_res='native'), arcface_epochs=(1, 1))
+        au = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(arcface_mode='auto', frozen_res='native'), arcface_epochs=(1, 1), arcface_ft_epochs=(1, 1))
+    assert fr.wk['size'] == frozen_size(fr.model.backbone, (32, 64)) and fr.wk['size'][0] > 32
+    assert au.wk.get('size') is None
+    f = arcface_features(fr, imgs[:4])
+    np.testing.assert_allclose(arcface_class_scores(fr, imgs[:4])[0], arcface_centre_scores(fr, f)[0], atol=1e-4)   # both at that size
+    fr.wk = {**fr.wk, 'size': None}
+    assert f.shape == arcface_features(fr, imgs[:4]).shape and not torch.allclose(f, arcface_features(fr, imgs[:4]), atol=1e-3)
 
 def test_features_similarity_and_flip_tta(frozen):
     learn, imgs, ids, path = frozen

@@ -1,7 +1,8 @@
 "The frozen-feature kNN (`whale_kernel.knn`): flip-TTA features, view-averaged cosine, retrieval on toy whales, the cache"
 import numpy as np, pytest, torch, torch.nn.functional as F
 from whale_kernel.knn import KNN, fit_knn, knn_features, knn_similarity
-from whale_kernel.train import retrieval_aps
+from whale_kernel.core import get_preset
+from whale_kernel.train import retrieval_aps, frozen_size
 from test_utils import toy_whales, tiny_preset
 
 torch.set_num_threads(1)
@@ -12,7 +13,7 @@ def toy(): return toy_whales(n_ids=6, per_id=3, n_new=2)
 def test_features_are_plain_then_mirrored(toy, tmp_path):
     imgs, ids = toy
     m = fit_knn(imgs, ids, np.arange(len(ids)), preset=tiny_preset(), cache_dir=tmp_path)
-    assert isinstance(m, KNN) and m.size == (32, 64) and not m.backbone.training
+    assert isinstance(m, KNN) and m.size is None and not m.backbone.training   # `frozen_res=None`: as cached
     c = m.backbone.num_features
     f, f1 = knn_features(m, imgs), knn_features(m, imgs, tta=False)
     assert f.shape == (len(imgs), 2*c) and f1.shape == (len(imgs), c)
@@ -55,3 +56,18 @@ def test_features_of_chosen_rows(tmp_path):
     m = fit_knn(imgs, ids, np.arange(len(ids)), preset=tiny_preset(), cache_dir=tmp_path)
     torch.testing.assert_close(knn_features(m, imgs, idxs=[4, 1]), knn_features(m, imgs)[[4, 1]])
     assert knn_features(m, imgs, tta=False, idxs=np.array([0])).shape == (1, m.backbone.num_features)
+
+def test_knn_res_native(toy, tmp_path):
+    "`knn_res='native'`: photos scaled up to the side the backbone was pretrained at, aspect kept, never down (the default keeps the cache's size)"
+    imgs, ids = toy
+    m = fit_knn(imgs, ids, np.arange(len(ids)), preset=tiny_preset(knn_res='native'), cache_dir=tmp_path)
+    side = m.backbone.pretrained_cfg['input_size'][-1]; s = side/np.sqrt(32*64)
+    assert get_preset('cpu').knn_res is None and m.size == (round(32*s), round(64*s))
+    assert frozen_size(m.backbone, (2*side, 4*side)) is None and frozen_size(m.backbone, (32, 64), None) is None
+    f = knn_features(m, imgs)
+    assert f.shape == (len(imgs), 2*m.backbone.num_features)
+    torch.testing.assert_close(f, knn_features(KNN(m.backbone, m.size), imgs))                   # the cache holds that size's features
+    assert not torch.allclose(f, knn_features(KNN(m.backbone), imgs), atol=1e-3)                 # and they are not the cache size's
+    assert len(list(tmp_path.glob('pooled_resnet10t-*.pt'))) == 2
+    with pytest.raises(ValueError, match='knn_res'): get_preset('cpu', knn_res='big')
+    with pytest.raises(ValueError, match='frozen_res'): get_preset('cpu', frozen_res=2)

@@ -25,7 +25,7 @@ def tiny_preset(**kw):
     "The cpu preset shrunk for tests: a small random backbone (no weights), small heads, small batches"
     from whale_kernel.core import get_preset
     return get_preset('cpu', **{**dict(arch='resnet10t', siamese_arch=None, arcface_frozen_arch=None, weights=None, emb_dim=16, siamese_feats=8, bs=8, min_per_id=2,
-                                       views=2, siamese_views=4, pixels=32*64), **kw})
+                                       views=2, siamese_views=4, pixels=32*64, frozen_res=None), **kw})
 
 def write_photos(folder, names, size=(24,48), seed=0):
     "Random-noise JPEGs `names` in `folder`"

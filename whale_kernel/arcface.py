@@ -23,7 +23,7 @@ from .data import NEW_WHALE, array_dls, img_batches, preset_aug
 from .metrics import query_aps
 from .backbone import create_backbone, weights_tag
 from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, SelectBest, features,
-                                cosine_sim, pooled_views, retrieval_aps, plan_epochs, eval_mode, pca_whitening, identity_bn, _key)
+                                cosine_sim, pooled_views, retrieval_aps, plan_epochs, eval_mode, pca_whitening, identity_bn, _key, frozen_size)
 
 # %% auto #0
 __all__ = ['GeM', 'CosineHead', 'ArcFaceNet', 'arc_margin', 'ArcFaceLoss', 'dynamic_margins', 'flip_labels', 'fold_flips',
@@ -220,8 +220,8 @@ def arcface_centre_scores(learn:Learner, feats, bs:int=4096) -> tuple:
 
 def arcface_class_scores(learn:Learner, imgs, bs:int=64, tta:bool=True, idxs=None):
     "Cosines (N, n_ids) of rows `idxs` (default: all) of `imgs` to each known whale's centre, mirror classes folded back; returns (scores, ids)"
-    m = learn.model
-    return arcface_centre_scores(learn, features(m.embed, imgs, idxs, bs=bs, tta=tta, model=m))
+    m,size = learn.model,(getattr(learn, 'wk', None) or {}).get('size')     # a frozen model's own input size, as `arcface_features`
+    return arcface_centre_scores(learn, features(m.embed, imgs, idxs, bs=bs, tta=tta, size=size, model=m))
 
 # %% ../nbs/04_arcface.ipynb #435104a5
 def _split_rows(ids, train_idx, valid_idx):
@@ -255,9 +255,11 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     frozen = p.arcface_mode != 'finetune'           # 'auto' starts frozen
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     model = arcface_model(p.arch, p.weights, n, p.emb_dim, p.arcface_k, pool='avg' if frozen else 'gem').to(dev)
-    info = dict(frozen=frozen, cache_dir=cache_dir, tag=weights_tag(p.arch, p.weights), aug_kw=preset_aug(p), seed=p.seed, vocab=vocab)
+    # a frozen model sees the photos at its backbone's pretraining side; in 'auto' the frozen phase is the fine-tune's step 0, at the photos' own size
+    fsize = frozen_size(model.backbone, imgs.shape[1:3], p.frozen_res) if p.arcface_mode == 'frozen' else None
+    info = dict(frozen=frozen, cache_dir=cache_dir, tag=weights_tag(p.arch, p.weights), aug_kw=preset_aug(p), seed=p.seed, vocab=vocab, size=fsize)
     if frozen:
-        pv = pooled_views(model.backbone, imgs, views=p.views, aug_kw=info['aug_kw'], cache_dir=cache_dir, tag=info['tag'], seed=p.seed)
+        pv = pooled_views(model.backbone, imgs, views=p.views, aug_kw=info['aug_kw'], size=fsize, cache_dir=cache_dir, tag=info['tag'], seed=p.seed)
         P = pv[:, tr].flatten(0, 1); fl = np.repeat(np.arange(len(pv)) % 2 == 1, len(tr))
         W = pv[:2, trw].flatten(0, 1)                                             # plain and mirrored views
     else:
@@ -284,7 +286,7 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     if frozen: stages = [Stage('neck', ep, p.arcface_lr, 'backbone')]
     else: stages = [Stage('head', p.arcface_freeze_epochs, p.arcface_lr, 'backbone'), Stage('body', ft, **thaw)]
     meta = dict(vocab=vocab, arch=p.arch, mode=p.arcface_mode, emb_dim=p.emb_dim, size=list(imgs.shape[1:3]),
-                steps=p.arcface_steps, seed=p.seed)
+                feat_size=fsize and list(fsize), steps=p.arcface_steps, seed=p.seed)
     fn = lambda name: None if path is None else Path(path)/name
     learn = fit_stages(learn, stages, fn('arcface.pth'), budget, reserve, select(), meta)
     learn.selectors = [learn.selector]
@@ -341,7 +343,7 @@ def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, t
     rows = oversample(np.arange(len(names)), names, p.min_per_id)
     m = learn.model; dev = next(m.parameters()).device
     if c['frozen']:                      # the cached views: the train photos' are on disk already, the test photos' are few
-        kw = dict(views=p.views, aug_kw=c['aug_kw'], cache_dir=c['cache_dir'], tag=c['tag'], seed=c['seed'])
+        kw = dict(views=p.views, aug_kw=c['aug_kw'], size=c.get('size'), cache_dir=c['cache_dir'], tag=c['tag'], seed=c['seed'])
         pv = torch.cat([pooled_views(m.backbone, imgs, **kw)[:, torch.as_tensor(tr, dtype=torch.long)],
                         pooled_views(m.backbone, np.asarray(timgs[test_idx]), **kw)], 1)
         dls = _view_dls(rows, None, pv, labels, n, p.bs, dev)
@@ -363,7 +365,7 @@ def arcface_features(learn:Learner, imgs, bs:int=256, tta:bool=True, idxs=None) 
     "Embeddings (N, V·D) on CPU of rows `idxs` of uint8 `imgs`, V=2 (plain, mirrored) with `tta`"
     m,c = learn.model,learn.wk
     if not c['frozen']: return features(m.embed, imgs, idxs, bs=bs//4, tta=tta, model=m)
-    pv = pooled_views(m.backbone, imgs, views=1+tta, aug_kw=c['aug_kw'], cache_dir=c['cache_dir'], tag=c['tag'], seed=c['seed'])
+    pv = pooled_views(m.backbone, imgs, views=1+tta, aug_kw=c['aug_kw'], size=c.get('size'), cache_dir=c['cache_dir'], tag=c['tag'], seed=c['seed'])
     if idxs is not None: pv = pv[:, torch.as_tensor(np.asarray(idxs), dtype=torch.long)]
     dev = next(m.parameters()).device
     with eval_mode(m):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np, torch, torch.nn as nn
 from .core import Preset, get_preset
 from .backbone import create_backbone, weights_tag
-from .train import pooled_views, cosine_sim
+from .train import pooled_views, cosine_sim, frozen_size
 
 # %% auto #0
 __all__ = ['KNN', 'fit_knn', 'knn_features', 'knn_similarity']
@@ -16,7 +16,7 @@ __all__ = ['KNN', 'fit_knn', 'knn_features', 'knn_similarity']
 # %% ../nbs/03c_knn.ipynb #4caed827
 @dataclass
 class KNN:
-    "A frozen `backbone` that embeds photos at `size` (pooled features cached under `cache_dir`, keyed by `tag`)"
+    "A frozen `backbone` that embeds photos at `size` (None: as cached; pooled features cached under `cache_dir`, keyed by `tag`)"
     backbone:nn.Module
     size:tuple|None = None
     cache_dir:str|None = None
@@ -27,11 +27,11 @@ def fit_knn(imgs, ids, train_idx, valid_idx=None, preset:Preset|None=None, path=
     p = preset or get_preset('cpu')
     bb = create_backbone(p.arch, weights=p.weights).eval()
     if torch.cuda.is_available(): bb = bb.cuda()
-    return KNN(bb, tuple(imgs.shape[1:3]), cache_dir, weights_tag(p.arch, p.weights))
+    return KNN(bb, frozen_size(bb, imgs.shape[1:3], p.knn_res), cache_dir, weights_tag(p.arch, p.weights))
 
 def knn_features(model:KNN, imgs, bs:int=64, tta:bool=True, idxs=None) -> torch.Tensor:
     "Pooled frozen-backbone features (N, V·C) of rows `idxs` (default: all) of `imgs`, V=2 (plain, mirrored) with `tta`"
-    pv = pooled_views(model.backbone, imgs, views=1+tta, bs=bs, cache_dir=model.cache_dir, tag=model.tag)
+    pv = pooled_views(model.backbone, imgs, views=1+tta, bs=bs, size=model.size, cache_dir=model.cache_dir, tag=model.tag)
     if idxs is not None: pv = pv[:, torch.as_tensor(np.asarray(idxs), dtype=torch.long)]
     return pv.transpose(0, 1).flatten(1)
 

@@ -26,8 +26,8 @@ from .metrics import reduce_by_id, query_aps
 # %% auto #0
 __all__ = ['cpu_bf16', 'amp_mode', 'amp_dtype', 'CPUAutocast', 'to_device_precision', 'backbone_splitter', 'save_checkpoint',
            'load_checkpoint', 'load_opt_state', 'Checkpoint', 'BudgetCallback', 'paired_gain', 'beats', 'from_rank0',
-           'SelectBest', 'Stage', 'fit_stages', 'eval_mode', 'features', 'cosine_sim', 'pooled_views', 'pca_whitening',
-           'identity_bn', 'retrieval_aps', 'plan_epochs']
+           'SelectBest', 'Stage', 'fit_stages', 'eval_mode', 'features', 'cosine_sim', 'frozen_size', 'pooled_views',
+           'pca_whitening', 'identity_bn', 'retrieval_aps', 'plan_epochs']
 
 # %% ../nbs/03b_train.ipynb #9d4befeb
 def cpu_bf16() -> bool:
@@ -324,6 +324,13 @@ def _key(*parts) -> str:
             h.update(str(p.shape).encode()); h.update(np.ascontiguousarray(p.reshape(len(p), -1)[:, ::97]).tobytes())
         else: h.update(repr(p).encode())
     return h.hexdigest()[:16]
+
+def frozen_size(backbone:nn.Module, hw, res:str|None='native') -> tuple|None:
+    "Input (H, W) for frozen features of `backbone` on photos of size `hw`: scaled up to its pretraining side with `res='native'`, aspect kept; None: as they are"
+    side = ((getattr(backbone, 'pretrained_cfg', None) or {}).get('input_size') or (None,))[-1]
+    if res is None or not side: return None
+    H,W = hw; s = side/math.sqrt(H*W)
+    return (round(H*s), round(W*s)) if s > 1 else None     # never down: a larger cache keeps its detail
 
 @torch.no_grad()
 def pooled_views(backbone:nn.Module, imgs, views:int=2, aug_kw:dict|None=None, bs:int=64, size=None, seed:int=0,
