@@ -47,8 +47,8 @@ class Preset:
     equalize:bool = False              # histogram-equalise every photo (the 4th place used CLAHE for contrast)
     views:int = 4                      # views per train photo in the frozen-backbone cache: plain, mirror, augmented
     frozen_res:str|None = 'native'     # a frozen ArcFace's features: photos scaled up to the side its backbone was pretrained at,
-                                       # aspect kept, never down (None: the cache's size). 03c_knn: dogs ArcFace +0.027, blend +0.016
-    knn_res:str|None = None            # the same for the kNN: 'native' lifted its validation, not its test, at 1.5× its time (03c_knn)
+                                       # aspect kept, never down (None: the cache's size). 04_arcface: dogs ArcFace +0.027, blend +0.016
+    knn_res:str|None = None            # the same for the kNN: 'native' lifted its validation, not its test, at 1.5× its time (04_arcface)
     # ArcFace
     arcface_mode:str = 'auto'          # 'frozen': neck + head on cached backbone features; 'finetune': the whole net;
                                        # 'auto': frozen, then a fine-tune kept only if validation says it gains
