@@ -114,9 +114,10 @@ class Preset:
         for k,ok in [('reduce',('max','mean')), ('arcface_mode',('frozen','finetune','auto')), ('siamese_mode',('frozen','finetune')),
                      ('arcface_unfreeze',('all','late')), ('frozen_res',('native',None)), ('knn_res',('native',None))]:
             if getattr(self, k) not in ok: raise ValueError(f"Preset.{k} must be one of {ok}, got {getattr(self, k)!r}")
-        if isinstance(self.pseudo_round, bool) or not isinstance(self.pseudo_round, (int, float)) or not 0 <= self.pseudo_round <= 1:
+        share = lambda x, top: not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x and (x <= 1 if top else x < 1)
+        if not share(self.pseudo_round, True):
             raise ValueError(f"Preset.pseudo_round must be a share of the kept phase's steps in [0, 1] (0: no round), got {self.pseudo_round!r}")
-        if isinstance(self.new_twins, bool) or not isinstance(self.new_twins, (int, float)) or not 0 <= self.new_twins < 1:
+        if not share(self.new_twins, False):
             raise ValueError(f"Preset.new_twins must be a share in [0, 1) (0: off), got {self.new_twins!r}")
         if isinstance(self.ddp, bool) or not isinstance(self.ddp, int) or self.ddp < 0:
             raise ValueError(f'Preset.ddp must be a process count >= 0 (0: every GPU when there are two or more), got {self.ddp!r}')
