@@ -194,6 +194,19 @@ def test_select_best_smooths_and_stops_early():
     sel = _select(c, window=1, patience=2); fit_stages(learn, [Stage('a', 10, 1e-2)], select=sel, cbs=[p])
     assert learn.halted == 'early stop' and p.trained == [0, 1, 2, 3]
 
+def test_select_best_cuts_a_curve_that_lost_ground():
+    "Half the patience once the best epoch is `lost_z` SE below step 0; the full patience when level; none cut while climbing"
+    low = np.zeros(20)                                               # 0.5 below BASE on every other photo: 4.4 SE
+    climb = [np.r_[np.ones(k), np.zeros(20 - k)] for k in range(1, 11)]   # below BASE until epoch 9, a new best every epoch
+    trained = {}
+    for name,curve in [('lost', [low]*10), ('level', [BASE]*10), ('climbing', climb)]:
+        learn, p = tiny_learner(), Probe(); sel = _select(curve, patience=4)
+        fit_stages(learn, [Stage('a', 10, 1e-2)], select=sel, cbs=[p]); trained[name] = p.trained
+        assert sel.patience_now() == (2 if name == 'lost' else 4)
+    assert trained['lost'] == [0, 1, 2]                              # best at epoch 0, no gain for 2
+    assert trained['level'] == [0, 1, 2, 3, 4]                       # best at epoch 0, no gain for 4
+    assert trained['climbing'] == list(range(10))
+
 def test_select_best_survives_a_kill(tmp_path):
     fn = tmp_path/'ck.pth'; curve = [SMALL, BIG, SMALL, SMALL]
     learn, rec = tiny_learner(), Record()

@@ -158,8 +158,8 @@ def from_rank0(x):
 class SelectBest(Callback):
     "Score validation with `score(learn)` (per-photo AP@5) every epoch; keep the best smoothed epoch, stop after `patience`"
     order = 85
-    def __init__(self, score, patience:int=6, z:float=1., window:int=3, eps:float=1e-4):
-        store_attr('score,patience,z,window,eps')
+    def __init__(self, score, patience:int=6, z:float=1., window:int=3, eps:float=1e-4, lost_z:float=2.):
+        store_attr('score,patience,z,window,eps,lost_z')
         self.hist,self.best,self.best_i,self.best_sd,self.base,self.base_sd = [],-math.inf,None,None,None,None
         self.stopped,self.best_fn = False,None
 
@@ -186,6 +186,11 @@ class SelectBest(Callback):
     def curve(self) -> np.ndarray: return np.array([h.mean() for h in self.hist])
     def smoothed(self, i:int) -> float: return float(self.curve[max(0, i-self.window+1):i+1].mean())
 
+    def patience_now(self) -> int:
+        "`patience`, halved once the best epoch so far is below step 0 by more than `lost_z` SE: that curve has lost ground and stopped climbing back"
+        lost = self.base is not None and self.best_i is not None and beats(self.base, self.hist[self.best_i], self.lost_z)[0]
+        return max(1, self.patience//2) if lost else self.patience
+
     def before_train(self): self.trained = True
     def after_epoch(self):
         if not getattr(self, 'trained', False): return
@@ -196,8 +201,9 @@ class SelectBest(Callback):
         if sm > self.best + self.eps:
             self.best,self.best_i,self.best_sd = sm,i,self._snap()
             if self.best_fn is not None: _save(dict(model=self.best_sd), self.best_fn)   # survives a kill
-        elif i - self.best_i >= self.patience:
-            log.info(f'early stop: no gain for {self.patience} epochs (best smoothed {self.best:.4f} at epoch {self.best_i})')
+        elif i - self.best_i >= (pat := self.patience_now()):
+            log.info(f'early stop: no gain for {pat} epochs (best smoothed {self.best:.4f} at epoch {self.best_i}'
+                     f'{", below step 0" if pat < self.patience else ""})')
             self.stopped,self.learn.halted = True,'early stop'   # `BudgetCallback` ends the fit once `Checkpoint` has saved
 
     def choose(self, learn:Learner) -> str:
