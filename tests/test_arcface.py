@@ -8,7 +8,8 @@ from whale_kernel.train import load_checkpoint, SelectBest, frozen_size
 from whale_kernel.pipeline import quiet_bars
 from whale_kernel.arcface import (GeM, CosineHead, ArcFaceLoss, arc_margin, dynamic_margins, flip_labels, fold_flips, FlipClasses,
                                   oversample, imprint, arcface_model, arcface_learner, ViewDL, fit_arcface, arcface_features,
-                                  arcface_similarity, arcface_class_scores, arcface_centre_scores)
+                                  arcface_similarity, arcface_class_scores, arcface_centre_scores, arcface_pseudo_round, Backbones, _frozen_views)
+from whale_kernel.train import pooled_views
 from test_utils import toy_whales, tiny_preset, state, same_state
 
 torch.set_num_threads(1)
@@ -222,11 +223,11 @@ def test_frozen_model_sees_the_pretraining_side():
     with quiet_bars(True):
         fr = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(arcface_mode='frozen', frozen_res='native'), arcface_epochs=(1, 1))
         au = fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(arcface_mode='auto', frozen_res='native'), arcface_epochs=(1, 1), arcface_ft_epochs=(1, 1))
-    assert fr.wk['size'] == frozen_size(fr.model.backbone, (32, 64)) and fr.wk['size'][0] > 32
-    assert au.wk.get('size') is None
+    assert fr.wk['sizes'] == [frozen_size(fr.model.backbone, (32, 64))] and fr.wk['sizes'][0][0] > 32
+    assert au.wk['sizes'] == [None]
     f = arcface_features(fr, imgs[:4])
     np.testing.assert_allclose(arcface_class_scores(fr, imgs[:4])[0], arcface_centre_scores(fr, f)[0], atol=1e-4)   # both at that size
-    fr.wk = {**fr.wk, 'size': None}
+    fr.wk = {**fr.wk, 'sizes': [None]}
     assert f.shape == arcface_features(fr, imgs[:4]).shape and not torch.allclose(f, arcface_features(fr, imgs[:4]), atol=1e-3)
 
 def test_features_similarity_and_flip_tta(frozen):
@@ -289,7 +290,7 @@ def test_fit_auto_moves_a_frozen_model_to_its_own_backbone(tmp_path, wklog):
               arcface_epochs=(2, 2), arcface_ft_epochs=(2, 2))
     with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, **kw)
     assert learn.kept == 'step 0 on resnet14t (fine-tune of resnet10t not kept)' and learn.wk['frozen']
-    assert learn.wk['tag'] == 'resnet14t-random' and 'the frozen model moves to resnet14t' in wklog.text
+    assert learn.wk['tags'] == ['resnet14t-random'] and 'the frozen model moves to resnet14t' in wklog.text
     assert [o['stage'] for o in learn.fit_log] == ['neck', 'thaw', 'neck'] and len(learn.selectors) == 3
     assert load_checkpoint(tmp_path/'resnet14t'/'arcface.pth')['arch'] == 'resnet14t'
     f = arcface_features(learn, imgs[:3], tta=False)
@@ -301,12 +302,42 @@ def test_fit_auto_moves_a_frozen_model_to_its_own_backbone(tmp_path, wklog):
     for alt in (None, 'resnet10t'):
         kw2 = {**kw, 'preset': tiny_preset(select_z=1e9, arcface_frozen_arch=alt), 'path': tmp_path/f'same_{alt}'}
         with quiet_bars(True): same = fit_arcface(imgs, ids, TR, VA, **kw2)
-        assert same.kept == 'step 0 (fine-tune not kept)' and same.wk['tag'] == 'resnet10t-random'
+        assert same.kept == 'step 0 (fine-tune not kept)' and same.wk['tags'] == ['resnet10t-random']
     # weights from a state-dict file are the fine-tuned arch's alone: no move either
     sd = tmp_path/'resnet10t.pth'; torch.save(create_backbone('resnet10t', None).state_dict(), sd)
     kw3 = {**kw, 'preset': tiny_preset(select_z=1e9, arcface_frozen_arch='resnet14t', weights=str(sd)), 'path': tmp_path/'file'}
     with quiet_bars(True): same = fit_arcface(imgs, ids, TR, VA, **kw3)
     assert same.kept == 'step 0 (fine-tune not kept)' and 'stays on resnet10t, whose weights come from' in wklog.text
+
+def test_fit_auto_moves_a_frozen_model_to_backbones_side_by_side(tmp_path, wklog):
+    "`arcface_frozen_arch` a tuple: the frozen model sees every backbone's pooled features, each L2-normalised, concatenated, each at its own pretraining side"
+    imgs, ids = toy_whales()
+    pair = ('resnet10t', 'resnet14t')
+    kw = dict(preset=tiny_preset(select_z=1e9, arcface_frozen_arch=list(pair), frozen_res='native'), path=tmp_path,
+              cache_dir=tmp_path/'cache', arcface_epochs=(2, 2), arcface_ft_epochs=(1, 1))
+    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, **kw)
+    assert learn.kept == 'step 0 on resnet10t+resnet14t (fine-tune of resnet10t not kept)' and learn.wk['frozen']
+    bb = learn.model.backbone
+    assert isinstance(bb, Backbones) and [b.pretrained_cfg['architecture'] for b in bb.parts] == list(pair)
+    assert bb.num_features == sum(b.num_features for b in bb.parts) == learn.model.neck.num_features
+    assert learn.wk['tags'] == ['resnet10t-random', 'resnet14t-random']
+    assert learn.wk['sizes'] == [frozen_size(b, (32, 64)) for b in bb.parts] and all(s[0] > 32 for s in learn.wk['sizes'])
+    pv = _frozen_views(bb, imgs, 2, learn.wk)
+    one = lambda b, s: F.normalize(pooled_views(b, imgs, views=2, size=s), dim=-1)
+    torch.testing.assert_close(pv, torch.cat([one(b, s) for b,s in zip(bb.parts, learn.wk['sizes'])], -1), atol=1e-4, rtol=1e-4)
+    f = arcface_features(learn, imgs[:3]); assert f.shape == (3, 32) and torch.isfinite(f).all()
+    np.testing.assert_allclose(arcface_class_scores(learn, imgs[:3])[0], arcface_centre_scores(learn, f)[0], atol=1e-5)
+    with pytest.raises(NotImplementedError, match='cached pooled views'): learn.model(torch.zeros(1, 3, 32, 64))
+    assert load_checkpoint(tmp_path/'resnet10t+resnet14t'/'arcface.pth')['arch'] == 'resnet10t+resnet14t'
+    with quiet_bars(True): again = fit_arcface(imgs, ids, TR, VA, **kw)     # resumed from the checkpoints: nothing trains
+    assert again.fit_log == [] and again.kept == learn.kept
+    torch.testing.assert_close(arcface_features(again, imgs[:3]), f)
+    # a pseudo-label round on the pair: the test photos' plain and mirrored views stand in for their augmented ones
+    with quiet_bars(True): pl = arcface_pseudo_round(again, imgs, ids, TR, imgs[VA], [0, 1], list(ids[VA][:2]), preset=tiny_preset(), arcface_epochs=(1, 1))
+    assert pl.fit_log[-1]['stage'] == 'pseudo' and torch.isfinite(arcface_features(pl, imgs[:3])).all()
+    # backbones side by side are frozen features: a model that fine-tunes takes one
+    with pytest.raises(ValueError, match='frozen model only'):
+        fit_arcface(imgs, ids, TR, VA, preset=tiny_preset(arcface_mode='auto'), archs=pair)
 
 def test_fit_auto_without_validation_or_time_stays_frozen(wklog):
     imgs, ids = toy_whales()
@@ -390,3 +421,10 @@ def test_pseudo_round_checks_its_input(frozen):
         arcface_pseudo_round(learn, imgs, ids, TR, imgs, [0, 1], ['w0'], preset=tiny_preset())
     for bad in (-0.1, 1.5, True, 'half'):
         with pytest.raises(ValueError, match='Preset.pseudo_round must be a share'): get_preset('cpu', pseudo_round=bad)
+
+def test_frozen_arch_preset_field():
+    assert get_preset('cpu').arcface_frozen_arch == ('efficientnet_lite0', 'efficientnet_lite1')
+    assert get_preset('cpu', arcface_frozen_arch=['a', 'b']).arcface_frozen_arch == ('a', 'b')      # a list (JSON) becomes a tuple
+    assert get_preset('cpu', arcface_frozen_arch='a').arcface_frozen_arch == 'a'
+    for bad in ((), 3, ('a', 2), ('a', '')):
+        with pytest.raises(ValueError, match='Preset.arcface_frozen_arch must be'): get_preset('cpu', arcface_frozen_arch=bad)

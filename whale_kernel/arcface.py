@@ -27,7 +27,7 @@ from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, S
 
 # %% auto #0
 __all__ = ['GeM', 'CosineHead', 'ArcFaceNet', 'arc_margin', 'ArcFaceLoss', 'dynamic_margins', 'flip_labels', 'fold_flips',
-           'FlipClasses', 'oversample', 'imprint', 'arcface_model', 'arcface_learner', 'ViewDL',
+           'FlipClasses', 'oversample', 'imprint', 'Backbones', 'arcface_model', 'arcface_learner', 'ViewDL',
            'arcface_centre_scores', 'arcface_class_scores', 'fit_arcface', 'arcface_pseudo_round', 'arcface_features',
            'arcface_similarity']
 
@@ -174,10 +174,21 @@ def imprint(model:ArcFaceNet, pooled, labels, n_ids:int, flipped=None, noise:flo
     return model
 
 # %% ../nbs/04_arcface.ipynb #6366db0a
-def arcface_model(arch:str='efficientnet_lite0', weights:str|None='offline', n_ids:int=1, emb_dim:int=512, k:int=1,
+class Backbones(nn.Module):
+    "Frozen timm backbones side by side: a frozen ArcFace's features are their pooled ones, each L2-normalised, concatenated"
+    def __init__(self, parts):
+        super().__init__()
+        self.parts = nn.ModuleList(parts); self.num_features = sum(b.num_features for b in parts)
+    def forward_features(self, x):
+        raise NotImplementedError('an ArcFace on several backbones is frozen: it sees their cached pooled views, each backbone at its own size, not photos')
+
+def _parts(backbone) -> list: return list(backbone.parts) if isinstance(backbone, Backbones) else [backbone]
+
+def arcface_model(arch:str|tuple='efficientnet_lite0', weights:str|None='offline', n_ids:int=1, emb_dim:int=512, k:int=1,
                   pool:str='gem', drop:float=0.2, flip:bool=True) -> ArcFaceNet:
-    "An `ArcFaceNet` over timm `arch` (with `weights`) for `n_ids` whales, doubled to mirror classes with `flip`"
-    return ArcFaceNet(create_backbone(arch, weights=weights), n_classes=(2 if flip else 1)*n_ids, emb_dim=emb_dim, k=k,
+    "An `ArcFaceNet` over timm `arch` (several names: `Backbones`, frozen only) with `weights` for `n_ids` whales, doubled to mirror classes with `flip`"
+    bbs = [create_backbone(a, weights=weights) for a in ([arch] if isinstance(arch, str) else arch)]
+    return ArcFaceNet(bbs[0] if len(bbs) == 1 else Backbones(bbs), n_classes=(2 if flip else 1)*n_ids, emb_dim=emb_dim, k=k,
                       pool=pool, drop=drop)
 
 @delegates(Learner.__init__)
@@ -220,8 +231,8 @@ def arcface_centre_scores(learn:Learner, feats, bs:int=4096) -> tuple:
 
 def arcface_class_scores(learn:Learner, imgs, bs:int=64, tta:bool=True, idxs=None):
     "Cosines (N, n_ids) of rows `idxs` (default: all) of `imgs` to each known whale's centre, mirror classes folded back; returns (scores, ids)"
-    m,size = learn.model,(getattr(learn, 'wk', None) or {}).get('size')     # a frozen model's own input size, as `arcface_features`
-    return arcface_centre_scores(learn, features(m.embed, imgs, idxs, bs=bs, tta=tta, size=size, model=m))
+    if not hasattr(learn, 'wk'): return arcface_centre_scores(learn, features(learn.model.embed, imgs, idxs, bs=bs, tta=tta, model=learn.model))
+    return arcface_centre_scores(learn, arcface_features(learn, imgs, bs=4*bs, tta=tta, idxs=idxs))   # a frozen model: its cached views
 
 # %% ../nbs/04_arcface.ipynb #435104a5
 def _split_rows(ids, train_idx, valid_idx):
@@ -241,10 +252,19 @@ def _thaw(p:Preset) -> dict:
     "The fine-tune's learning rates (early layers /10) and what stays frozen"
     return dict(lr=slice(p.arcface_ft_lr/10, p.arcface_ft_lr), freeze='none' if p.arcface_unfreeze == 'all' else 'early')
 
+def _frozen_views(backbone, imgs, views:int, c:dict) -> torch.Tensor:
+    "Cached pooled views (V,N,C) of `imgs` for a frozen model with settings `c`: one backbone's as they are, several backbones' each L2-normalised, side by side"
+    pvs = [pooled_views(b, imgs, views=views, aug_kw=c['aug_kw'], size=s, cache_dir=c['cache_dir'], tag=t, seed=c['seed'])
+           for b,s,t in zip(_parts(backbone), c['sizes'], c['tags'])]
+    return pvs[0] if len(pvs) == 1 else torch.cat([F.normalize(o, dim=-1) for o in pvs], -1)
+
 def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=None, path=None, budget=None,
-                cache_dir=None, *, reserve:float=0., **overrides) -> Learner:
-    "Train an imprinted ArcFace `Learner` on the known whales of rows `train_idx` of `imgs`, chosen on `valid_idx`; checkpoints in `path`"
+                cache_dir=None, *, reserve:float=0., archs=None, **overrides) -> Learner:
+    "Train an imprinted ArcFace `Learner` on the known whales of rows `train_idx` of `imgs`, chosen on `valid_idx`; checkpoints in `path`; `archs`: a frozen model's backbones (default: `arch`)"
     p = get_preset(preset if isinstance(preset, Preset) else (preset or 'cpu'), **overrides)
+    archs = (p.arch,) if archs is None else ((archs,) if isinstance(archs, str) else tuple(archs))
+    if len(archs) > 1 and p.arcface_mode != 'frozen':
+        raise ValueError(f"fit_arcface: backbones side by side ({'+'.join(archs)}) make a frozen model only; arcface_mode is {p.arcface_mode!r}")
     seed_everything(p.seed)
     ids = np.asarray(ids, dtype=object)
     if len(ids) != len(imgs): raise ValueError(f'fit_arcface: {len(imgs)} photos but {len(ids)} ids')
@@ -254,12 +274,13 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     labels = np.array([pos.get(o, -1) for o in ids])
     frozen = p.arcface_mode != 'finetune'           # 'auto' starts frozen
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    model = arcface_model(p.arch, p.weights, n, p.emb_dim, p.arcface_k, pool='avg' if frozen else 'gem').to(dev)
-    # a frozen model sees the photos at its backbone's pretraining side; in 'auto' the frozen phase is the fine-tune's step 0, at the photos' own size
-    fsize = frozen_size(model.backbone, imgs.shape[1:3], p.frozen_res) if p.arcface_mode == 'frozen' else None
-    info = dict(frozen=frozen, cache_dir=cache_dir, tag=weights_tag(p.arch, p.weights), aug_kw=preset_aug(p), seed=p.seed, vocab=vocab, size=fsize)
+    model = arcface_model(archs[0] if len(archs) == 1 else archs, p.weights, n, p.emb_dim, p.arcface_k, pool='avg' if frozen else 'gem').to(dev)
+    # a frozen model sees the photos at each backbone's pretraining side; in 'auto' the frozen phase is the fine-tune's step 0, at the photos' own size
+    fsizes = [frozen_size(b, imgs.shape[1:3], p.frozen_res) if p.arcface_mode == 'frozen' else None for b in _parts(model.backbone)]
+    info = dict(frozen=frozen, cache_dir=cache_dir, tags=[weights_tag(a, p.weights) for a in archs], aug_kw=preset_aug(p), seed=p.seed,
+                vocab=vocab, sizes=fsizes)
     if frozen:
-        pv = pooled_views(model.backbone, imgs, views=p.views, aug_kw=info['aug_kw'], size=fsize, cache_dir=cache_dir, tag=info['tag'], seed=p.seed)
+        pv = _frozen_views(model.backbone, imgs, p.views, info)
         P = pv[:, tr].flatten(0, 1); fl = np.repeat(np.arange(len(pv)) % 2 == 1, len(tr))
         W = pv[:2, trw].flatten(0, 1)                                             # plain and mirrored views
     else:
@@ -285,8 +306,8 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     thaw = _thaw(p)
     if frozen: stages = [Stage('neck', ep, p.arcface_lr, 'backbone')]
     else: stages = [Stage('head', p.arcface_freeze_epochs, p.arcface_lr, 'backbone'), Stage('body', ft, **thaw)]
-    meta = dict(vocab=vocab, arch=p.arch, mode=p.arcface_mode, emb_dim=p.emb_dim, size=list(imgs.shape[1:3]),
-                feat_size=fsize and list(fsize), steps=p.arcface_steps, seed=p.seed)
+    meta = dict(vocab=vocab, arch='+'.join(archs), mode=p.arcface_mode, emb_dim=p.emb_dim, size=list(imgs.shape[1:3]),
+                feat_size=[s and list(s) for s in fsizes] if len(archs) > 1 else fsizes[0] and list(fsizes[0]), steps=p.arcface_steps, seed=p.seed)
     fn = lambda name: None if path is None else Path(path)/name
     learn = fit_stages(learn, stages, fn('arcface.pth'), budget, reserve, select(), meta)
     learn.selectors = [learn.selector]
@@ -301,17 +322,18 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     tl.selectors,tl.fit_log = learn.selectors + [tl.selector],learn.fit_log + tl.fit_log
     if tl.kept == 'step 0':              # `choose` loaded the frozen result into the shared model: score it from the cache
         learn.kept,learn.selectors,learn.fit_log = f'{learn.kept} (fine-tune not kept)',tl.selectors,tl.fit_log
-        alt = p.arcface_frozen_arch
-        if not alt or alt == p.arch: return learn
+        alt = p.arcface_frozen_arch; alt = (alt,) if isinstance(alt, str) else tuple(alt or ())
+        if not alt or alt == (p.arch,): return learn
         if p.weights not in ('offline', None):     # a state-dict file holds the weights of `arch` alone
             log.info(f'arcface: the frozen model stays on {p.arch}, whose weights come from {p.weights}'); return learn
         if budget is not None and budget.left - reserve < 60:
-            log.info(f'arcface: {budget.left:.0f}s left, no time to move the frozen model to {alt}'); return learn
-        # frozen features it is: a backbone of its own, beside the kNN's and the Siamese's, makes the blend more diverse
-        log.info(f'arcface: the fine-tune was not kept, so the frozen model moves to {alt}')
-        fl = fit_arcface(imgs, ids, train_idx, valid_idx, dataclasses.replace(p, arch=alt, arcface_mode='frozen', arcface_frozen_arch=None),
-                         path=fn(alt), budget=budget, cache_dir=cache_dir, reserve=reserve)
-        fl.kept,fl.selectors,fl.fit_log = f'{fl.kept} on {alt} (fine-tune of {p.arch} not kept)',tl.selectors + fl.selectors,tl.fit_log + fl.fit_log
+            log.info(f"arcface: {budget.left:.0f}s left, no time to move the frozen model to {'+'.join(alt)}"); return learn
+        # frozen features it is: backbones of its own, side by side, each at its pretraining side
+        name = '+'.join(alt)
+        log.info(f'arcface: the fine-tune was not kept, so the frozen model moves to {name}')
+        fl = fit_arcface(imgs, ids, train_idx, valid_idx, dataclasses.replace(p, arch=alt[0], arcface_mode='frozen', arcface_frozen_arch=None),
+                         path=fn(name), budget=budget, cache_dir=cache_dir, reserve=reserve, archs=alt)
+        fl.kept,fl.selectors,fl.fit_log = f'{fl.kept} on {name} (fine-tune of {p.arch} not kept)',tl.selectors + fl.selectors,tl.fit_log + fl.fit_log
         return fl
     tl.kept = f'{learn.kept}, then fine-tune {tl.kept}'
     return tl
@@ -342,10 +364,11 @@ def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, t
     names = np.r_[ids[tr], test_ids]; labels = np.array([pos[o] for o in names])
     rows = oversample(np.arange(len(names)), names, p.min_per_id)
     m = learn.model; dev = next(m.parameters()).device
-    if c['frozen']:                      # the cached views: the train photos' are on disk already, the test photos' are few
-        kw = dict(views=p.views, aug_kw=c['aug_kw'], size=c.get('size'), cache_dir=c['cache_dir'], tag=c['tag'], seed=c['seed'])
-        pv = torch.cat([pooled_views(m.backbone, imgs, **kw)[:, torch.as_tensor(tr, dtype=torch.long)],
-                        pooled_views(m.backbone, np.asarray(timgs[test_idx]), **kw)], 1)
+    if c['frozen']:     # cached views: the train photos' are on disk, and the test photos' plain and mirrored ones (scoring made them),
+                        # which stand in for their augmented views too: a backbone pass per test photo and view saved
+        pv = _frozen_views(m.backbone, imgs, p.views, c)[:, torch.as_tensor(tr, dtype=torch.long)]
+        pt = _frozen_views(m.backbone, timgs, 2, c)[:, torch.as_tensor(test_idx, dtype=torch.long)]
+        pv = torch.cat([pv, pt[torch.arange(len(pv)) % 2]], 1)          # plain, mirror, plain, …: odd views stay mirrored
         dls = _view_dls(rows, None, pv, labels, n, p.bs, dev)
         st = Stage('pseudo', plan_epochs(len(rows), p.bs, round(p.pseudo_round*p.arcface_steps), (1, p.arcface_epochs[1])), p.arcface_lr, 'backbone')
     else:
@@ -365,7 +388,7 @@ def arcface_features(learn:Learner, imgs, bs:int=256, tta:bool=True, idxs=None) 
     "Embeddings (N, V·D) on CPU of rows `idxs` of uint8 `imgs`, V=2 (plain, mirrored) with `tta`"
     m,c = learn.model,learn.wk
     if not c['frozen']: return features(m.embed, imgs, idxs, bs=bs//4, tta=tta, model=m)
-    pv = pooled_views(m.backbone, imgs, views=1+tta, aug_kw=c['aug_kw'], size=c.get('size'), cache_dir=c['cache_dir'], tag=c['tag'], seed=c['seed'])
+    pv = _frozen_views(m.backbone, imgs, 1+tta, c)
     if idxs is not None: pv = pv[:, torch.as_tensor(np.asarray(idxs), dtype=torch.long)]
     dev = next(m.parameters()).device
     with eval_mode(m):

@@ -60,8 +60,9 @@ class Preset:
     arcface_ft_lr:float = 3e-3         # fine-tune rate of the late layers (early ones: /10)
     arcface_freeze_epochs:int = 1      # finetune: epochs with the backbone frozen before it thaws
     arcface_unfreeze:str = 'late'      # fine-tune: thaw 'all' of the backbone or its 'late' half
-    arcface_frozen_arch:str|None = 'efficientnet_lite1'   # 'auto': when the fine-tune is not kept, the frozen ArcFace moves to this backbone
-                                       # (None: stays on `arch`), a third beside the kNN's and the Siamese's: dogs blend +0.015 over 3 seeds
+    arcface_frozen_arch:str|tuple|None = ('efficientnet_lite0', 'efficientnet_lite1')   # 'auto': when the fine-tune is not kept, the
+                                       # frozen ArcFace moves to these backbones, side by side (None: stays on `arch`). 04_arcface:
+                                       # lite1 alone, dogs blend +0.015 over 3 seeds; lite0 beside it, dogs ArcFace 0.799 -> 0.827
     emb_dim:int = 128                  # also the whitening's dimensions (128 beat 64 and 256 on the dogs' validation)
     arcface_k:int = 2                  # sub-centres per class
     arcface_s:float = 30.
@@ -111,6 +112,10 @@ class Preset:
         self.arcface_epochs,self.arcface_ft_epochs,self.siamese_epochs = (tuple(self.arcface_epochs),tuple(self.arcface_ft_epochs),
                                                                      tuple(self.siamese_epochs))
         self.rerank_beta,self.pseudo_conf = tuple(self.rerank_beta),tuple(self.pseudo_conf)
+        if isinstance(self.arcface_frozen_arch, list): self.arcface_frozen_arch = tuple(self.arcface_frozen_arch)
+        fa = self.arcface_frozen_arch
+        if not (fa is None or isinstance(fa, str) or (isinstance(fa, tuple) and fa and all(isinstance(a, str) and a for a in fa))):
+            raise ValueError(f'Preset.arcface_frozen_arch must be a timm model name, a tuple of them, or None, got {fa!r}')
         for k,ok in [('reduce',('max','mean')), ('arcface_mode',('frozen','finetune','auto')), ('siamese_mode',('frozen','finetune')),
                      ('arcface_unfreeze',('all','late')), ('frozen_res',('native',None)), ('knn_res',('native',None))]:
             if getattr(self, k) not in ok: raise ValueError(f"Preset.{k} must be one of {ok}, got {getattr(self, k)!r}")
