@@ -231,8 +231,7 @@ def arcface_centre_scores(learn:Learner, feats, bs:int=4096) -> tuple:
 
 def arcface_class_scores(learn:Learner, imgs, bs:int=64, tta:bool=True, idxs=None):
     "Cosines (N, n_ids) of rows `idxs` (default: all) of `imgs` to each known whale's centre, mirror classes folded back; returns (scores, ids)"
-    if not hasattr(learn, 'wk'): return arcface_centre_scores(learn, features(learn.model.embed, imgs, idxs, bs=bs, tta=tta, model=learn.model))
-    return arcface_centre_scores(learn, arcface_features(learn, imgs, bs=4*bs, tta=tta, idxs=idxs))   # a frozen model: its cached views
+    return arcface_centre_scores(learn, arcface_features(learn, imgs, bs=4*bs, tta=tta, idxs=idxs))   # photo batches of `bs` there
 
 # %% ../nbs/04_arcface.ipynb #435104a5
 def _split_rows(ids, train_idx, valid_idx):
@@ -307,7 +306,7 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     if frozen: stages = [Stage('neck', ep, p.arcface_lr, 'backbone')]
     else: stages = [Stage('head', p.arcface_freeze_epochs, p.arcface_lr, 'backbone'), Stage('body', ft, **thaw)]
     meta = dict(vocab=vocab, arch='+'.join(archs), mode=p.arcface_mode, emb_dim=p.emb_dim, size=list(imgs.shape[1:3]),
-                feat_size=[s and list(s) for s in fsizes] if len(archs) > 1 else fsizes[0] and list(fsizes[0]), steps=p.arcface_steps, seed=p.seed)
+                feat_size=[s and list(s) for s in fsizes], steps=p.arcface_steps, seed=p.seed)
     fn = lambda name: None if path is None else Path(path)/name
     learn = fit_stages(learn, stages, fn('arcface.pth'), budget, reserve, select(), meta)
     learn.selectors = [learn.selector]
@@ -386,7 +385,7 @@ def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, t
 @torch.no_grad()
 def arcface_features(learn:Learner, imgs, bs:int=256, tta:bool=True, idxs=None) -> torch.Tensor:
     "Embeddings (N, V·D) on CPU of rows `idxs` of uint8 `imgs`, V=2 (plain, mirrored) with `tta`"
-    m,c = learn.model,learn.wk
+    m,c = learn.model,getattr(learn, 'wk', dict(frozen=False))     # a learner made by hand (`arcface_learner`) sees photos
     if not c['frozen']: return features(m.embed, imgs, idxs, bs=bs//4, tta=tta, model=m)
     pv = _frozen_views(m.backbone, imgs, 1+tta, c)
     if idxs is not None: pv = pv[:, torch.as_tensor(np.asarray(idxs), dtype=torch.long)]
