@@ -62,7 +62,7 @@ class Preset:
     arcface_unfreeze:str = 'late'      # fine-tune: thaw 'all' of the backbone or its 'late' half
     arcface_frozen_arch:str|tuple|None = ('efficientnet_lite0', 'efficientnet_lite1')   # 'auto': when the fine-tune is not kept, the
                                        # frozen ArcFace moves to these backbones, side by side (None: stays on `arch`). 04_arcface:
-                                       # lite1 alone, dogs blend +0.015 over 3 seeds; lite0 beside it, dogs ArcFace 0.799 -> 0.827
+                                       # lite1 alone, dogs blend +0.015 over 3 seeds; lite0 beside it, dogs ArcFace +0.011, blend level
     emb_dim:int = 128                  # also the whitening's dimensions (128 beat 64 and 256 on the dogs' validation)
     arcface_k:int = 2                  # sub-centres per class
     arcface_s:float = 30.
