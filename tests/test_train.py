@@ -7,6 +7,7 @@ from whale_kernel.backbone import create_backbone
 from whale_kernel.train import (amp_mode, amp_dtype, cpu_bf16, CPUAutocast, to_device_precision, backbone_splitter, save_checkpoint, load_checkpoint,
                                 load_opt_state, BudgetCallback, paired_gain, SelectBest, Stage, fit_stages, eval_mode,
                                 features, cosine_sim, pooled_views, pca_whitening, identity_bn, retrieval_aps, plan_epochs)
+from whale_kernel.data import img_batches
 from test_utils import toy_whales, tiny_learner, state, same_state
 
 torch.set_num_threads(1)
@@ -256,21 +257,22 @@ def test_pooled_views_cache(tmp_path, wklog):
     bb.forward_features = lambda x: seen.append(len(x)) or ff(x)
     rng = torch.get_rng_state()
     pv = pooled_views(bb, imgs, views=3, bs=8, cache_dir=tmp_path, tag='t')
+    P = 4                                                     # BatchNorm folding's probe: two photos unfolded, then folded
     assert pv.shape == (3, 5, bb.num_features) and torch.equal(torch.get_rng_state(), rng)
     torch.testing.assert_close(pv[0], features(lambda x: bb.forward_head(ff(x), pre_logits=True), imgs))
     torch.testing.assert_close(pv[1], features(lambda x: bb.forward_head(ff(x), pre_logits=True), imgs[:, :, ::-1]))
     assert not torch.allclose(pv[2], pv[0]) and not torch.allclose(pv[2], pv[1])   # augmented
-    assert sum(seen) == 15 and len(list(tmp_path.glob('pooled_t_*.pt'))) == 3
+    assert sum(seen) == 15 + P and len(list(tmp_path.glob('pooled_t_*.pt'))) == 3
     seen.clear()
     torch.testing.assert_close(pooled_views(bb, imgs, views=3, cache_dir=tmp_path, tag='t'), pv)
     assert seen == []                                                                # all three from the cache
     pv2 = pooled_views(bb, imgs, views=3, aug_kw=dict(max_rotate=30.), cache_dir=tmp_path, tag='t')
-    assert sum(seen) == 5 and torch.equal(pv2[:2], pv[:2])                           # only the augmented view depends on it
+    assert sum(seen) == 5 + P and torch.equal(pv2[:2], pv[:2])                           # only the augmented view depends on it
     seen.clear(); next(tmp_path.glob('pooled_t_*_v0.pt')).write_bytes(b'junk')
     torch.testing.assert_close(pooled_views(bb, imgs, views=2, cache_dir=tmp_path, tag='t'), pv[:2])
-    assert 'unreadable cache' in wklog.text and sum(seen) == 10
+    assert 'unreadable cache' in wklog.text and sum(seen) == 10 + P
     seen.clear(); pooled_views(bb, imgs[:4], views=2, cache_dir=tmp_path, tag='t')
-    assert sum(seen) == 8                                                            # other photos: other files
+    assert sum(seen) == 8 + P                                                        # other photos: other files
 
 def test_pooled_views_repairs_an_unreadable_cache(tmp_path):
     imgs, _ = toy_whales(2, 2, 1)
@@ -314,3 +316,17 @@ def test_an_early_stopped_fit_is_finished(tmp_path):
     assert learn.halted == 'early stop'
     p = Probe(); fit_stages(tiny_learner(), [Stage('a', 6, 1e-2)], fn, select=_select(c, patience=2), cbs=[p])
     assert p.trained == []
+
+def test_features_fold_batchnorm_on_the_cpu_and_leave_the_model_as_it_was():
+    from whale_kernel.train import fold_bn, eval_mode
+    imgs, _ = toy_whales(2, 2, 1)
+    bb = create_backbone('efficientnet_lite0', weights='offline').train()    # the cpu preset's backbone, with its real statistics
+    kids, sd = list(bb.modules()), {k: v.clone() for k,v in bb.state_dict().items()}
+    x = next(iter(img_batches(imgs, bs=len(imgs))))
+    with torch.no_grad(), eval_mode(bb): ref = bb(x)
+    with torch.no_grad(), eval_mode(bb), fold_bn(bb, lambda: bb(x)) as fb:
+        assert len(fb.swaps) == 49 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
+    f = features(bb, imgs)
+    torch.testing.assert_close(f, ref, atol=1e-4*float(ref.abs().max()), rtol=1e-3)
+    assert list(bb.modules()) == kids and bb.training and all(m.training for m in bb.modules())
+    assert all(torch.equal(v, sd[k]) for k,v in bb.state_dict().items())          # weights and running statistics untouched

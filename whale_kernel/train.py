@@ -19,6 +19,7 @@ from fastai.callback.schedule import fit_one_cycle
 from fastai.learner import Learner
 from fastai.vision.core import TensorImage
 from timm.models import group_parameters
+from timm.layers import BatchNormAct2d
 from .core import TimeBudget, log
 from .data import img_batches, aug_tfms
 from .metrics import reduce_by_id, query_aps
@@ -26,8 +27,8 @@ from .metrics import reduce_by_id, query_aps
 # %% auto #0
 __all__ = ['cpu_bf16', 'amp_mode', 'amp_dtype', 'CPUAutocast', 'to_device_precision', 'backbone_splitter', 'save_checkpoint',
            'load_checkpoint', 'load_opt_state', 'Checkpoint', 'BudgetCallback', 'paired_gain', 'beats', 'from_rank0',
-           'SelectBest', 'Stage', 'fit_stages', 'eval_mode', 'features', 'cosine_sim', 'frozen_size', 'pooled_views',
-           'pca_whitening', 'identity_bn', 'retrieval_aps', 'plan_epochs']
+           'SelectBest', 'Stage', 'fit_stages', 'eval_mode', 'fold_bn', 'features', 'cosine_sim', 'frozen_size',
+           'pooled_views', 'pca_whitening', 'identity_bn', 'retrieval_aps', 'plan_epochs']
 
 # %% ../nbs/03b_train.ipynb #9d4befeb
 def cpu_bf16() -> bool:
@@ -292,6 +293,48 @@ class eval_mode:
     def __exit__(self, *a):
         for m,t in zip(self.model.modules(), self.modes): m.training = t
 
+def _conv_bn_pairs(model:nn.Module) -> list:
+    "(conv's parent, conv name, norm's parent, norm name) of each eval-mode BatchNorm registered right after a convolution of its width (or a `Sequential` ending in one)"
+    out = []
+    for parent in model.modules():
+        kids = list(parent._modules.items())
+        for (a,c),(b,bn) in zip(kids, kids[1:]):
+            cp = parent
+            while isinstance(c, nn.Sequential) and len(c): cp,a,c = c,list(c._modules)[-1],c[-1]
+            if (type(c) is nn.Conv2d and c.padding_mode == 'zeros' and type(bn) in (nn.BatchNorm2d, BatchNormAct2d) and not bn.training
+                and bn.running_var is not None and bn.num_features == c.out_channels): out.append((cp, a, parent, b))
+    return out
+
+@torch.no_grad()
+def _folded(c:nn.Conv2d, bn:nn.BatchNorm2d) -> nn.Conv2d:
+    "A copy of `c` that also applies `bn`'s running statistics and affine: (W·s, (b − μ)·s + β), s = γ/√(σ² + ε)"
+    f = copy.deepcopy(c); s = (bn.weight if bn.affine else 1.) / torch.sqrt(bn.running_var + bn.eps)
+    f.weight = nn.Parameter(c.weight * s.view(-1, 1, 1, 1), requires_grad=False)
+    b = (c.bias if c.bias is not None else 0.) - bn.running_mean
+    f.bias = nn.Parameter(b*s + (bn.bias if bn.affine else 0.), requires_grad=False)
+    return f
+
+class fold_bn:
+    "Context manager: each eval-mode BatchNorm that follows a convolution folded into it, the modules put back on exit; `probe()` (a forward pass) must agree, or nothing is folded"
+    def __init__(self, model:nn.Module|None, probe=None, on:bool=True): self.model,self.probe,self.on,self.swaps = model,probe,on,[]
+    def _swap(self, undo=False):
+        for cp,a,c,bp,b,bn,fc,rest in (reversed(self.swaps) if undo else self.swaps):
+            cp._modules[a],bp._modules[b] = (c,bn) if undo else (fc,rest)
+    @torch.no_grad()
+    def __enter__(self):
+        if not self.on or self.model is None: return self
+        for cp,a,bp,b in _conv_bn_pairs(self.model):
+            c,bn = cp._modules[a],bp._modules[b]
+            rest = nn.Sequential(bn.drop, bn.act) if isinstance(bn, BatchNormAct2d) else nn.Identity()   # timm's norm + act layer
+            self.swaps.append((cp, a, c, bp, b, bn, _folded(c, bn), rest))
+        if not self.swaps or self.probe is None: self._swap(); return self
+        ref = self.probe(); self._swap(); out = self.probe()
+        if not torch.allclose(out, ref, rtol=1e-3, atol=1e-4*float(ref.abs().max())):
+            log.info(f'{type(self.model).__name__}: folding BatchNorm into its convolutions changed the output, left unfolded')
+            self._swap(undo=True); self.swaps = []
+        return self
+    def __exit__(self, *a): self._swap(undo=True); self.swaps = []
+
 def _embed_batch(fn, x, dev) -> torch.Tensor:
     "`fn` on batch `x` in NHWC (oneDNN and cuDNN convolutions are fastest there), under autocast on a GPU (the CPU keeps features in fp32, see above); pooled if 4-D, fp32 on the CPU"
     dt = amp_dtype(dev) if dev.type == 'cuda' else None
@@ -301,20 +344,21 @@ def _embed_batch(fn, x, dev) -> torch.Tensor:
 
 @torch.no_grad()
 def features(fn, imgs, idxs=None, bs:int=64, tta:bool=False, size=None, device=None, model:nn.Module|None=None) -> torch.Tensor:
-    "Features (N, V·D) on CPU of rows `idxs` of uint8 `imgs` by `fn` (a model, or any callable on normalised batches using `model`); V=2 with `tta`"
+    "Features (N, V·D) on CPU of rows `idxs` of uint8 `imgs` by `fn` (a model, or any callable on normalised batches using `model`); V=2 with `tta`; on the CPU with BatchNorm folded"
     model = fn if isinstance(fn, nn.Module) else model
     dev = torch.device(device) if device is not None else (next(model.parameters()).device if model is not None else default_device())
+    sized = lambda x: x if size is None or tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode='bilinear', antialias=True)
     def run(flip):
-        out = []
-        for x in img_batches(imgs, idxs, bs=bs, device=dev, flip=flip):
-            if size is not None and tuple(x.shape[-2:]) != tuple(size):
-                x = F.interpolate(x, size=tuple(size), mode='bilinear', antialias=True)
-            out.append(_embed_batch(fn, x, dev))
+        out = [_embed_batch(fn, sized(x), dev) for x in img_batches(imgs, idxs, bs=bs, device=dev, flip=flip)]
         return torch.cat(out) if out else torch.zeros(0, 0)
-    if model is not None:
-        with eval_mode(model): vs = [run(fl) for fl in (False, True)[:1+tta]]
-    else: vs = [run(fl) for fl in (False, True)[:1+tta]]
-    return torch.cat(vs, 1)
+    if model is None: return torch.cat([run(fl) for fl in (False, True)[:1+tta]], 1)
+    with eval_mode(model), fold_bn(model, _probe(fn, imgs, idxs, dev, sized), on=dev.type == 'cpu'):
+        return torch.cat([run(fl) for fl in (False, True)[:1+tta]], 1)
+
+def _probe(fn, imgs, idxs, dev, prep=lambda x: x):
+    "A forward pass of `fn` on two of the photos, to check that folding leaves the output as it was"
+    rows = np.arange(len(imgs))[:2] if idxs is None else np.asarray(idxs)[:2]
+    return None if not len(rows) else lambda: _embed_batch(fn, prep(next(iter(img_batches(imgs, rows, bs=2, device=dev)))), dev)
 
 def cosine_sim(qf, gf, views:int=1, bs:int=4096) -> np.ndarray:
     "Mean over `views` of the cosine similarity (Q,G) float32 of the view blocks of `qf` (Q,V·D) and `gf` (G,V·D)"
@@ -355,7 +399,7 @@ def pooled_views(backbone:nn.Module, imgs, views:int=2, aug_kw:dict|None=None, b
     head = lambda x: backbone.forward_head(backbone.forward_features(x), pre_logits=True)
     aug = Pipeline(aug_tfms(True, size=size, **(aug_kw or {})), split_idx=0)
     torch_state = torch.get_rng_state()
-    with eval_mode(backbone):
+    with eval_mode(backbone), fold_bn(backbone, _probe(head, imgs, None, dev), on=dev.type == 'cpu'):
         if any(o is None for o in out[:2]):
             f = features(head, imgs, bs=bs, tta=views > 1, size=size, device=dev, model=backbone)
             out[:2] = list(f.view(len(f), min(views, 2), -1).transpose(0, 1))
