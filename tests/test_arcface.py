@@ -267,6 +267,7 @@ def test_fit_auto_keeps_the_fine_tune_only_when_validation_says_so(keep, tmp_pat
     with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, **kw)
     assert [(o['stage'], len(o['secs'])) for o in learn.fit_log] == [('neck', 2), ('thaw', 2)]
     assert len(learn.selectors) == 2 and [len(o.curve) for o in learn.selectors] == [2, 2]
+    assert [o.lost_z for o in learn.selectors] == [2., 0.]   # the fine-tune, a trial, halves its patience once it trails step 0 at all
     thaw = learn.selectors[1]
     if not keep:                                  # an impossible bar: the frozen model, scored from the feature cache
         assert learn.kept == 'step 0 (fine-tune not kept)' and learn.wk['frozen']

@@ -207,6 +207,10 @@ def test_select_best_cuts_a_curve_that_lost_ground():
     assert trained['lost'] == [0, 1, 2]                              # best at epoch 0, no gain for 2
     assert trained['level'] == [0, 1, 2, 3, 4]                       # best at epoch 0, no gain for 4
     assert trained['climbing'] == list(range(10))
+    trail = BASE.copy(); trail[1] = 0                                # 0.05 ± 0.05 below step 0: 1 SE, lost only for lost_z < 1
+    for lost_z,want in [(2., [0, 1, 2, 3, 4]), (0., [0, 1, 2])]:
+        learn, p = tiny_learner(), Probe(); sel = _select([trail]*10, patience=4, lost_z=lost_z)
+        fit_stages(learn, [Stage('a', 10, 1e-2)], select=sel, cbs=[p]); assert p.trained == want
 
 def test_select_best_survives_a_kill(tmp_path):
     fn = tmp_path/'ck.pth'; curve = [SMALL, BIG, SMALL, SMALL]

@@ -299,7 +299,7 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
             return retrieval_aps(cosine_sim(e[:len(va)], e[len(va):]), ids[va], ids[tr], p.reduce)
         s,_ = arcface_class_scores(learn, imgs, tta=False, idxs=va)   # photos: the validation ones against one centre per whale
         return query_aps(s, vocab, ids[va])
-    select = lambda: SelectBest(score, patience=p.patience, z=p.select_z) if len(va) else None
+    select = lambda **kw: SelectBest(score, patience=p.patience, z=p.select_z, **kw) if len(va) else None
     ep = plan_epochs(len(rows), p.bs, p.arcface_steps, p.arcface_epochs)
     ft = plan_epochs(len(rows), p.bs, p.arcface_ft_steps, p.arcface_ft_epochs)
     thaw = _thaw(p)
@@ -317,7 +317,8 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     # 'auto': the frozen result is the fine-tune's step 0; the fine-tune is kept only if validation says it gains
     tl = mk(photo_dls(), False); tl.wk = {**info, 'frozen':False}
     meta = {**meta, 'neck':learn.kept, 'ft_steps':p.arcface_ft_steps, 'ft_lr':p.arcface_ft_lr, 'unfreeze':p.arcface_unfreeze}
-    tl = fit_stages(tl, [Stage('thaw', ft, **thaw)], fn('arcface_thaw.pth'), budget, reserve, select(), meta)
+    # a trial against a frozen model that already works: half the patience once its best epoch trails step 0 at all
+    tl = fit_stages(tl, [Stage('thaw', ft, **thaw)], fn('arcface_thaw.pth'), budget, reserve, select(lost_z=0.), meta)
     tl.selectors,tl.fit_log = learn.selectors + [tl.selector],learn.fit_log + tl.fit_log
     if tl.kept == 'step 0':              # `choose` loaded the frozen result into the shared model: score it from the cache
         learn.kept,learn.selectors,learn.fit_log = f'{learn.kept} (fine-tune not kept)',tl.selectors,tl.fit_log
