@@ -183,6 +183,7 @@ class Backbones(nn.Module):
         raise NotImplementedError('an ArcFace on several backbones is frozen: it sees their cached pooled views, each backbone at its own size, not photos')
 
 def _parts(backbone) -> list: return list(backbone.parts) if isinstance(backbone, Backbones) else [backbone]
+def _names(x) -> tuple: return () if x is None else (x,) if isinstance(x, str) else tuple(x)   # one timm name or several
 
 def arcface_model(arch:str|tuple='efficientnet_lite0', weights:str|None='offline', n_ids:int=1, emb_dim:int=512, k:int=1,
                   pool:str='gem', drop:float=0.2, flip:bool=True) -> ArcFaceNet:
@@ -261,7 +262,7 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
                 cache_dir=None, *, reserve:float=0., archs=None, **overrides) -> Learner:
     "Train an imprinted ArcFace `Learner` on the known whales of rows `train_idx` of `imgs`, chosen on `valid_idx`; checkpoints in `path`; `archs`: a frozen model's backbones (default: `arch`)"
     p = get_preset(preset if isinstance(preset, Preset) else (preset or 'cpu'), **overrides)
-    archs = (p.arch,) if archs is None else ((archs,) if isinstance(archs, str) else tuple(archs))
+    archs = _names(archs) or (p.arch,)
     if len(archs) > 1 and p.arcface_mode != 'frozen':
         raise ValueError(f"fit_arcface: backbones side by side ({'+'.join(archs)}) make a frozen model only; arcface_mode is {p.arcface_mode!r}")
     seed_everything(p.seed)
@@ -322,7 +323,7 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     tl.selectors,tl.fit_log = learn.selectors + [tl.selector],learn.fit_log + tl.fit_log
     if tl.kept == 'step 0':              # `choose` loaded the frozen result into the shared model: score it from the cache
         learn.kept,learn.selectors,learn.fit_log = f'{learn.kept} (fine-tune not kept)',tl.selectors,tl.fit_log
-        alt = p.arcface_frozen_arch; alt = (alt,) if isinstance(alt, str) else tuple(alt or ())
+        alt = _names(p.arcface_frozen_arch)
         if not alt or alt == (p.arch,): return learn
         if p.weights not in ('offline', None):     # a state-dict file holds the weights of `arch` alone
             log.info(f'arcface: the frozen model stays on {p.arch}, whose weights come from {p.weights}'); return learn

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03b_train.ipynb #2a10f6f2
 from __future__ import annotations
-import copy, hashlib, math, os, time
+import contextlib, copy, hashlib, math, os, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
@@ -351,8 +351,7 @@ def features(fn, imgs, idxs=None, bs:int=64, tta:bool=False, size=None, device=N
     def run(flip):
         out = [_embed_batch(fn, sized(x), dev) for x in img_batches(imgs, idxs, bs=bs, device=dev, flip=flip)]
         return torch.cat(out) if out else torch.zeros(0, 0)
-    if model is None: return torch.cat([run(fl) for fl in (False, True)[:1+tta]], 1)
-    with eval_mode(model), fold_bn(model, _probe(fn, imgs, idxs, dev, sized), on=dev.type == 'cpu'):
+    with eval_mode(model) if model is not None else contextlib.nullcontext(), fold_bn(model, _probe(fn, imgs, idxs, dev, sized), on=dev.type == 'cpu'):
         return torch.cat([run(fl) for fl in (False, True)[:1+tta]], 1)
 
 def _probe(fn, imgs, idxs, dev, prep=lambda x: x):
