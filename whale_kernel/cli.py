@@ -42,6 +42,7 @@ def _parser():
     r.add_argument('--time-budget', type=float, default=None, help='minutes for the whole run')
     r.add_argument('--n-whales', type=int, default=None, help='size of the synthetic default (no --data)')
     r.add_argument('--seed', type=int, default=None)
+    r.add_argument('--boxes', default=None, help='fluke boxes, a CSV Image,x0,y0,x1,y1 (default: DATA/bounding_boxes.csv when there)')
     c = sub.add_parser('score', help='print the MAP@5 of a submission against a solution')
     c.add_argument('submission'); c.add_argument('solution')
     b = sub.add_parser('bundle', help='write the Kaggle notebook and kernel-metadata.json, for `kaggle kernels push -p OUT`')
@@ -58,7 +59,9 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from whale_kernel.data import CompetitionError
     from whale_kernel.metrics import SubmissionError
-    errs = (CompetitionError, SubmissionError, OSError) + ((ValueError, RuntimeError) if args.cmd in ('bundle','weights') else ())
+    from whale_kernel.backbone import WeightsError
+    from whale_kernel.core import BusyError
+    errs = (CompetitionError, SubmissionError, WeightsError, BusyError, OSError) + ((ValueError, RuntimeError) if args.cmd in ('bundle','weights') else ())
     try:
         out = getattr(args, 'out', None)
         if out is not None and Path(out).is_file(): raise FileExistsError(f'{out}: exists and is a file, not a directory')
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
         elif args.cmd == 'run':
             from whale_kernel.pipeline import run
             run(args.data, args.out, preset=args.preset, models=args.models, time_budget=args.time_budget,
-                n_whales=args.n_whales, seed=args.seed)
+                n_whales=args.n_whales, seed=args.seed, boxes=args.boxes)
         elif args.cmd == 'score':
             from whale_kernel.metrics import score_submission
             for f in (args.submission, args.solution): _utf8(f, SubmissionError)

@@ -5,14 +5,18 @@
 # %% ../nbs/00_core.ipynb #ab167041
 from __future__ import annotations
 import os, time, math, logging, dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace, asdict
+try: import fcntl                       # POSIX: the OS drops a dead process's lock on its output folder
+except ImportError: fcntl = None
 from pathlib import Path
 import warnings
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*deprecated', category=FutureWarning)  # fastai's jit-scripted activations
 
 # %% auto #0
 __all__ = ['log', 'MODEL_NAMES', 'NEW_WHALE', 'PRESETS', 'KAGGLE_INPUT', 'KAGGLE_WORKING', 'Preset', 'get_preset', 'kaggle_input',
-           'kaggle_working', 'on_kaggle', 'seed_everything', 'TimeBudget']
+           'kaggle_working', 'on_kaggle', 'seed_everything', 'TimeBudget', 'peak_rss', 'StageLog', 'OneLine',
+           'BusyError', 'hold']
 
 # %% ../nbs/00_core.ipynb #50f592c2
 log = logging.getLogger('whale_kernel')
@@ -192,3 +196,58 @@ class TimeBudget:
     def __repr__(self):
         lim = 'unlimited' if self.minutes is None else f'{self.minutes:g} min'
         return f'TimeBudget({lim}, {self.elapsed:.0f}s used)'
+
+# %% ../nbs/00_core.ipynb #3280f20b
+def peak_rss(reset:bool=False) -> float|None:
+    "This process's peak resident memory in GB since it started or since the last `reset` (Linux; None elsewhere)"
+    try:
+        if reset:
+            with open('/proc/self/clear_refs', 'w') as f: f.write('5')   # the kernel's high-water mark back to the current RSS
+        with open('/proc/self/status') as f: kb = next(int(l.split()[1]) for l in f if l.startswith('VmHWM'))
+        return kb / 2**20
+    except (OSError, StopIteration, ValueError): return None
+
+class StageLog:
+    "Wall time and peak resident memory of each named stage of a run: `with stages('data'): ...`, then `stages.rec`"
+    def __init__(self): self.rec = {}
+    @contextmanager
+    def __call__(self, name:str):
+        peak_rss(reset=True); t0 = time.monotonic()
+        try: yield
+        finally:
+            gb = peak_rss()
+            self.rec[name] = dict(secs=round(time.monotonic() - t0, 1), peak_rss_gb=None if gb is None else round(gb, 2))
+    def __repr__(self):
+        return ', '.join(f"{k} {v['secs']:.0f}s" + ('' if v['peak_rss_gb'] is None else f" {v['peak_rss_gb']:.1f} GB")
+                         for k,v in self.rec.items())
+
+# %% ../nbs/00_core.ipynb #1c71cf3b
+class OneLine:
+    "Mixin for errors in the input or the setup, not in the code: Jupyter shows them as one line, not a traceback"
+    def _render_traceback_(self): return [f'{type(self).__name__}: {self}']
+
+class BusyError(OneLine, RuntimeError):
+    "The output folder is held by another live run"
+
+@contextmanager
+def hold(folder):
+    "Hold `folder` for this process while in the block: its `.lock` names our pid under an OS lock; a live holder raises `BusyError`, a dead one's lock is taken over"
+    fn = Path(folder)/'.lock'
+    f = open(fn, 'a+')
+    try:
+        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.seek(0); old = f.read().strip()
+        if fcntl is None and old.isdigit() and _alive(int(old)): raise BlockingIOError
+    except BlockingIOError:
+        f.seek(0); pid = f.read().strip() or '?'; f.close()
+        raise BusyError(f'{folder}: another run (pid {pid}) is writing to this folder; wait for it to end, or choose another output folder') from None
+    if old: log.warning(f'{folder}: run pid {old} ended without releasing this folder (killed?); taking it over')
+    f.seek(0); f.truncate(); f.write(f'{os.getpid()}\n'); f.flush()
+    try: yield fn
+    finally:
+        f.seek(0); f.truncate(); f.flush(); f.close()       # empty: released cleanly (closing also drops the OS lock)
+
+def _alive(pid:int) -> bool:
+    try: os.kill(pid, 0); return True
+    except ProcessLookupError: return False
+    except PermissionError: return True

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #27deaab5
 from __future__ import annotations
-import hashlib, json, math, warnings
+import hashlib, json, math, os, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -17,10 +17,10 @@ from fasttransform import Transform
 from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
 from fastai.vision.core import TensorImage, imagenet_stats
 from fastai.vision.augment import aug_transforms
-from .core import log, NEW_WHALE
+from .core import log, NEW_WHALE, OneLine
 
 # %% auto #0
-__all__ = ['BBOX_COLS', 'IMG_EXTS', 'STATS', 'CompetitionError', 'read_csv_checked', 'read_bboxes', 'Competition',
+__all__ = ['BBOX_COLS', 'IMG_EXTS', 'STATS', 'CompetitionError', 'read_csv_checked', 'read_bboxes', 'Competition', 'photo_size',
            'read_competition', 'load_image', 'safe_load', 'cache_images', 'auto_size', 'file_hash', 'merge_duplicates',
            'valid_split', 'ArrayImage', 'ArrayLabel', 'norm_tfm', 'RandomGray', 'RandomErase', 'aug_tfms',
            'BatchResize', 'preset_aug', 'array_dls', 'img_batches']
@@ -29,7 +29,7 @@ __all__ = ['BBOX_COLS', 'IMG_EXTS', 'STATS', 'CompetitionError', 'read_csv_check
 BBOX_COLS = ['Image','x0','y0','x1','y1']
 IMG_EXTS = {'.jpg','.jpeg','.png','.bmp','.tif','.tiff','.webp'}
 
-class CompetitionError(ValueError):
+class CompetitionError(OneLine, ValueError):
     "A competition dir or CSV that cannot be used as it is"
 
 def _lines(idx, n=5):
@@ -111,9 +111,46 @@ def _add_boxes(df, boxes, folder):
     if boxes is None: return df.assign(x0=np.nan, y0=np.nan, x1=np.nan, y1=np.nan)
     return df.merge(boxes, on='Image', how='left')
 
+_ROT = {5,6,7,8}  # EXIF orientations that swap width and height
+
+def photo_size(fn) -> tuple|None:
+    "(width, height) of photo `fn` as `load_image` sees it (EXIF rotation applied), from its header alone; None when unreadable"
+    try:
+        with Image.open(fn) as im:
+            w,h = im.size
+            return (h,w) if im.getexif().get(0x0112, 1) in _ROT else (w,h)
+    except Exception: return None
+
+def _inside(df, workers:int=8) -> np.ndarray:
+    "Whether at least half of each row's box lies inside its photo (True where there is no box)"
+    has = np.flatnonzero(df.x0.notna().values); ok = np.ones(len(df), bool)
+    if not len(has): return ok
+    whs = parallel(photo_size, df.fn.values[has], n_workers=workers, threadpool=True, progress=False)
+    b = df[['x0','y0','x1','y1']].values[has].astype(np.float64)
+    wh = np.array([o or (np.inf, np.inf) for o in whs], np.float64)      # an unreadable photo is the loader's business
+    iw = np.clip(np.minimum(b[:,2], wh[:,0]) - np.maximum(b[:,0], 0), 0, None)
+    ih = np.clip(np.minimum(b[:,3], wh[:,1]) - np.maximum(b[:,1], 0), 0, None)
+    ok[has] = iw*ih >= 0.5*(b[:,2] - b[:,0])*(b[:,3] - b[:,1])
+    return ok
+
+def _check_boxes(train, test, boxes, fn):
+    "Drop (with a warning) boxes that name no photo or lie mostly outside theirs; log how many photos keep one"
+    stray = sorted(set(boxes.Image) - set(train.Image) - set(test.Image))
+    if stray: log.warning(f'{fn}: {len(stray)} box(es) name no train or test photo, e.g. {stray[0]}; ignored')
+    out = []
+    for df in (train, test):
+        ok = _inside(df)
+        if not ok.all():
+            bad = df.Image.values[~ok]
+            log.warning(f'{fn}: {len(bad)} box(es) lie mostly outside their photo, e.g. {bad[0]}; those photos are used whole')
+            df = df.copy(); df.loc[~ok, ['x0','y0','x1','y1']] = np.nan
+        out.append(df)
+    log.info(f'boxes from {fn}: {out[0].x0.notna().sum()} of {len(train)} train and {out[1].x0.notna().sum()} of {len(test)} test photos')
+    return out
+
 # %% ../nbs/01_data.ipynb #c0a4cde5
 def read_competition(path, bbox_csv=None) -> Competition:
-    "Read and validate the competition dir `path` (boxes from `bbox_csv`, default `path/bounding_boxes.csv` if present)"
+    "Read and validate the competition dir `path`, with fluke boxes from `bbox_csv` (default `path/bounding_boxes.csv` if present)"
     path = Path(path)
     if not path.is_dir(): raise CompetitionError(f'{path}: competition dir not found')
     train = _check_dups(read_csv_checked(path/'train.csv', ['Image','Id']), path/'train.csv')
@@ -138,7 +175,11 @@ def read_competition(path, bbox_csv=None) -> Competition:
     if both: raise CompetitionError(f"{path/'train.csv'}: {len(both)} test photo name(s) also listed as train photos, e.g. {both[0]}")
     if bbox_csv is None and (path/'bounding_boxes.csv').exists(): bbox_csv = path/'bounding_boxes.csv'
     boxes = read_bboxes(bbox_csv) if bbox_csv is not None else None
-    return Competition(path, _add_boxes(train, boxes, path/'train'), _add_boxes(test, boxes, tdir))
+    train,test = _add_boxes(train, boxes, path/'train'), _add_boxes(test, boxes, tdir)
+    if boxes is None: log.warning(f'{path}: no bounding_boxes.csv, so the models see whole photos (cropping to the flukes is worth '
+                                  'about +0.05 on the leaderboard: pass the boxes file, `--boxes FILE`)')
+    else: train,test = _check_boxes(train, test, boxes, bbox_csv)
+    return Competition(path, train, test)
 
 # %% ../nbs/01_data.ipynb #27aafcc5
 def _write_tiny(path, n_train=6, n_test=3, ids=('w_a','w_a','w_b','w_b','new_whale','w_c')):
@@ -165,8 +206,6 @@ def _to_rgb(im):
     return im.convert('RGB')
 
 # %% ../nbs/01_data.ipynb #3772d845
-_ROT = {5,6,7,8}  # EXIF orientations that swap width and height
-
 def load_image(fn, bbox=None, size=(128,256), margin=0.05, equalize:bool=False) -> Image.Image:
     "Open `fn`, fix EXIF orientation, crop `bbox` (x0,y0,x1,y1) with `margin`, resize to `size` (H,W) as RGB, `equalize` its histogram"
     h,w = size
@@ -224,34 +263,39 @@ def _load_row(r, size, margin, equalize=False):
     return None if im is None else np.asarray(im)
 
 # %% ../nbs/01_data.ipynb #19d0c473
-def cache_images(df, size=(128,256), cache_dir=None, margin=0.05, workers=2, name='imgs', equalize:bool=False):
-    "Decode `df.fn` (cropped to its box) into a `uint8` (N,H,W,3) array, cached in `cache_dir`; also returns a mask of decodable rows"
-    size = tuple(size)
-    if cache_dir is not None:
-        cache_dir = Path(cache_dir); cache_dir.mkdir(parents=True, exist_ok=True)
-        base = cache_dir/f'{name}_{size[0]}x{size[1]}_{_cache_key(df, size, margin, equalize)}'
-        if Path(f'{base}.npy').exists() and Path(f'{base}.ok.npy').exists():
-            return np.load(f'{base}.npy', mmap_mode='r'), np.load(f'{base}.ok.npy')
-    rows = list(df[['fn','x0','y0','x1','y1']].itertuples(index=False, name=None))
-    ims = parallel(_load_row, rows, size=size, margin=margin, equalize=equalize, n_workers=workers, threadpool=True, progress=False)
-    ok = np.array([o is not None for o in ims], dtype=bool)
-    arr = np.full((len(rows), *size, 3), 127, np.uint8)
-    for i,o in enumerate(ims):
-        if o is not None: arr[i] = o
-    if cache_dir is not None:
-        np.save(f'{base}.tmp.npy', arr); Path(f'{base}.tmp.npy').rename(f'{base}.npy'); np.save(f'{base}.ok.npy', ok)
-        arr = np.load(f'{base}.npy', mmap_mode='r')     # as a rerun gets it: read from the file (which a DDP run can reuse)
-    return arr, ok
+def _decoded(rows, size, margin, equalize, workers, chunk, ok):
+    "Batches (≤ `chunk`, uint8 B,H,W,3) of the photos of `rows` decoded by `workers` threads, a grey frame for an unreadable one (its `ok` set False)"
+    grey = np.full((*size, 3), 127, np.uint8)
+    for i in range(0, len(rows), chunk):
+        ims = parallel(_load_row, rows[i:i+chunk], size=size, margin=margin, equalize=equalize, n_workers=workers, threadpool=True,
+                       progress=False)
+        ok[i:i+len(ims)] = [o is not None for o in ims]
+        yield np.stack([grey if o is None else o for o in ims])
+
+def cache_images(df, size=(128,256), cache_dir=None, margin=0.05, workers=2, name='imgs', equalize:bool=False, chunk:int=256):
+    "Decode `df.fn` (cropped to its box) into a `uint8` (N,H,W,3) array, streamed into a memory-mapped `.npy` in `cache_dir` as decoded; also a mask of decodable rows"
+    size = tuple(size); rows = list(df[['fn','x0','y0','x1','y1']].itertuples(index=False, name=None))
+    shape, ok = (len(rows), *size, 3), np.zeros(len(rows), bool)
+    if cache_dir is None:                       # in memory: each batch goes straight into the array
+        arr = np.empty(shape, np.uint8); i = 0
+        for b in _decoded(rows, size, margin, equalize, workers, chunk, ok): arr[i:i+len(b)] = b; i += len(b)
+        return arr, ok
+    cache_dir = Path(cache_dir); cache_dir.mkdir(parents=True, exist_ok=True)
+    base = cache_dir/f'{name}_{size[0]}x{size[1]}_{_cache_key(df, size, margin, equalize)}'
+    fn, fok = Path(f'{base}.npy'), Path(f'{base}.ok.npy')
+    if fn.exists() and fok.exists(): return np.load(fn, mmap_mode='r'), np.load(fok)
+    tmp = fn.with_name(f'{fn.stem}.{os.getpid()}.tmp.npy')
+    with open(tmp, 'wb') as f:                  # a .npy header, then the photos batch by batch: no second copy in memory
+        np.lib.format.write_array_header_1_0(f, dict(descr=np.lib.format.dtype_to_descr(np.dtype(np.uint8)), fortran_order=False, shape=shape)); f.flush()
+        for b in _decoded(rows, size, margin, equalize, workers, chunk, ok): f.write(np.ascontiguousarray(b).data); f.flush()
+    np.save(fok.with_name(f'{fok.stem}.{os.getpid()}.tmp.npy'), ok); os.replace(fok.with_name(f'{fok.stem}.{os.getpid()}.tmp.npy'), fok)
+    os.replace(tmp, fn)                         # last: a kill before this leaves no cache that looks whole
+    return np.load(fn, mmap_mode='r'), ok      # as a rerun gets it, from the file (which a DDP run reuses)
 
 # %% ../nbs/01_data.ipynb #5128c636
 def _wh(r):
     "Width and height of row `r`'s box, or of its photo (EXIF rotation applied), or None when unreadable"
-    if r.x0 == r.x0: return (r.x1 - r.x0, r.y1 - r.y0)
-    try:
-        with Image.open(r.fn) as im:
-            w,h = im.size
-            return (h,w) if im.getexif().get(0x0112, 1) in _ROT else (w,h)
-    except Exception: return None
+    return (r.x1 - r.x0, r.y1 - r.y0) if r.x0 == r.x0 else photo_size(r.fn)
 
 def auto_size(df, pixels:int=128*256, multiple:int=16, max_aspect:float=4.) -> tuple:
     "(H, W) with the median aspect of the photos (or boxes) of `df` and about `pixels` pixels, each a multiple of `multiple`"

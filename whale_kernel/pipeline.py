@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_pipeline.ipynb #c4804fa8
 from __future__ import annotations
-import dataclasses, hashlib, json, math, sys, time
+import dataclasses, hashlib, json, math, os, shutil, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +13,8 @@ import numpy as np, pandas as pd
 from fastcore.basics import defaults
 from fastai.callback.core import Callback
 from . import __version__
-from .core import MODEL_NAMES, Preset, get_preset, seed_everything, TimeBudget, log
+from .core import MODEL_NAMES, Preset, get_preset, seed_everything, TimeBudget, StageLog, OneLine, hold, log
+from .backbone import check_weights
 from .data import (NEW_WHALE, CompetitionError, read_competition, merge_duplicates, cache_images, valid_split,
                                auto_size)
 from .metrics import reduce_by_id, predict_top5, write_submission, score_submission, query_aps
@@ -99,8 +100,10 @@ def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames,
     reserve = 0.1*budget.left if budget is not None and math.isfinite(budget.left) else 0.
     if name in ('arcface', 'siamese') and path is not None and (n := ddp_procs(p)) > 1:   # on every GPU; the fit below loads it
         left = None if budget is None or not math.isfinite(budget.left) else max(budget.left - reserve, 1.)
-        try:
-            log.info(f'{name}: training on {n} DDP processes'); fit_ddp(imgs, ids, is_valid, p, path, n, timeout=left, quiet=False, model=name)
+        try:                  # the ranks plan and stop by the deadline themselves; the kill after a grace period is for a hung one
+            log.info(f'{name}: training on {n} DDP processes')
+            fit_ddp(imgs, ids, is_valid, p, path, n, timeout=None if left is None else left + max(60., 0.05*left), quiet=False,
+                    model=name, deadline=None if left is None else time.time() + left, cache_dir=cache_dir)
         except Exception as e: log.warning(f'{name}: the {n}-process DDP run failed or was cut short ({str(e).splitlines()[0]}); going on in this process')
     model = spec.fit(imgs, ids, tr, valid_idx=va[known[va]], preset=p, path=path, budget=budget, cache_dir=cache_dir, reserve=reserve)
     gal, gtr = np.flatnonzero(known), np.flatnonzero(known & ~is_valid)
@@ -216,7 +219,7 @@ def quiet_bars(quiet:bool|None=None):
     finally: defaults.callbacks = old
 
 # %% ../nbs/07_pipeline.ipynb #ced3be53
-class RunError(RuntimeError):
+class RunError(OneLine, RuntimeError):
     "A run that ended without a model's answer (the fallback submission is written first)"
 
 def _repeated(ids) -> int:
@@ -238,38 +241,50 @@ def _check_out(out:Path):
     if out.exists() and not out.is_dir(): raise CompetitionError(f'{out}: the output path is a file, not a directory')
     out.mkdir(parents=True, exist_ok=True)
 
+def _publish(out:Path, to, names=('submission.csv',)):
+    "Copy `names` of `out` into the folder `to` (None: nowhere), each through a temporary file, so a kill never leaves half a file there"
+    if to is None: return
+    to = Path(to); to.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        if (out/n).is_file(): shutil.copy2(out/n, to/f'.{n}.tmp'); os.replace(to/f'.{n}.tmp', to/n)
+
 def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budget:float|None=None, n_whales:int|None=None,
-        seed:int|None=None, quiet:bool|None=None, **overrides) -> dict:
-    "Train `models` on the competition in `data` (None: a synthetic one made in `out/data`), blend, write `out/submission.csv`"
+        seed:int|None=None, quiet:bool|None=None, boxes=None, publish=None, **overrides) -> dict:
+    "Train `models` on the competition in `data` (None: a synthetic one made in `out/data`), blend, write `out/submission.csv` (and, as each model finishes, `publish/`)"
     out = Path(out); _check_out(out)
     bad = [m for m in models if m not in MODELS]
     if bad: raise ValueError(f'unknown model(s) {bad}; choose from {list(MODELS)}')
     p = get_preset(preset, **overrides)
     if seed is not None: p = dataclasses.replace(p, seed=seed)
-    budget = TimeBudget(time_budget if time_budget is not None else p.time_budget)
+    p = check_weights(p, models)                   # before any photo is read: no run trains from random init by accident
+    with hold(out): return _run(data, out, p, models, TimeBudget(time_budget if time_budget is not None else p.time_budget),
+                                n_whales=n_whales, quiet=quiet, boxes=boxes, publish=publish)
+
+def _run(data, out:Path, p:Preset, models, budget:TimeBudget, *, n_whales=None, quiet=None, boxes=None, publish=None) -> dict:
     seed_everything(p.seed)
-    t0 = time.monotonic()
+    t0 = time.monotonic(); stages = StageLog()
     if data is None:
         from whale_kernel.synth import make_synth
         data = out/'data'
         if not (data/'solution.csv').exists():
             log.info(f'no --data: writing the synthetic default competition to {data}')
             make_synth(data, **({} if n_whales is None else dict(n_whales=n_whales)), seed=p.seed)
-    comp = read_competition(data)
-    log.info(str(comp))
-    train = merge_duplicates(comp.train)
-    size = p.size if p.size != 'auto' else auto_size(train, p.pixels)
-    if p.size == 'auto': log.info(f'input size {size[0]}x{size[1]} (median aspect of the train photos, {p.pixels} pixels)')
-    cache = out/'cache'
-    imgs, ok = cache_images(train, size, cache, workers=max(p.workers, 2), name='train', equalize=p.equalize)
-    if not ok.all():
-        log.warning(f'dropping {(~ok).sum()} unreadable training photo(s)')
-        train = train[ok].reset_index(drop=True); imgs = np.asarray(imgs)[ok]
-    timgs, tok = cache_images(comp.test, size, cache, workers=max(p.workers, 2), name='test', equalize=p.equalize)
-    if not tok.all(): log.warning(f'{(~tok).sum()} unreadable test photo(s) predicted from a grey placeholder')
-    if p.box_tta and comp.test.x0.notna().any():   # the seed's box-scale TTA: the box at its margin and two others
-        timgs = [timgs] + [cache_images(comp.test, size, cache, margin=m, workers=max(p.workers, 2), name=f'test_m{m}',
-                                        equalize=p.equalize)[0] for m in (0., 0.15)]
+    with stages('data'):
+        comp = read_competition(data, boxes)
+        log.info(str(comp))
+        train = merge_duplicates(comp.train)
+        size = p.size if p.size != 'auto' else auto_size(train, p.pixels)
+        if p.size == 'auto': log.info(f'input size {size[0]}x{size[1]} (median aspect of the train photos, {p.pixels} pixels)')
+        cache = out/'cache'
+        imgs, ok = cache_images(train, size, cache, workers=max(p.workers, 2), name='train', equalize=p.equalize)
+        if not ok.all():
+            log.warning(f'dropping {(~ok).sum()} unreadable training photo(s)')
+            train = train[ok].reset_index(drop=True); imgs = np.asarray(imgs)[ok]
+        timgs, tok = cache_images(comp.test, size, cache, workers=max(p.workers, 2), name='test', equalize=p.equalize)
+        if not tok.all(): log.warning(f'{(~tok).sum()} unreadable test photo(s) predicted from a grey placeholder')
+        if p.box_tta and comp.test.x0.notna().any():   # the seed's box-scale TTA: the box at its margin and two others
+            timgs = [timgs] + [cache_images(comp.test, size, cache, margin=m, workers=max(p.workers, 2), name=f'test_m{m}',
+                                            equalize=p.equalize)[0] for m in (0., 0.15)]
     is_valid = valid_split(train, seed=p.seed)
     if not (is_valid & (train.Id.values != NEW_WHALE)).any():
         n2 = _repeated(train.Id)
@@ -294,8 +309,9 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
                 if left < 10:
                     log.warning(f'{name}: skipped, the time budget is spent ({left:.0f}s left)'); continue
                 mb = TimeBudget(None if math.isinf(left) else left/(len(models) - i)/60)
-                try: s = score_model(name, imgs, ids, is_valid, timgs, p, vnames, tnames, path=out/'models'/name,
-                                     budget=mb, cache_dir=cache)
+                try:
+                    with stages(name): s = score_model(name, imgs, ids, is_valid, timgs, p, vnames, tnames, path=out/'models'/name,
+                                                       budget=mb, cache_dir=cache)
                 except (CompetitionError, KeyboardInterrupt): raise
                 except Exception as e:
                     log.error(f'{name}: failed ({type(e).__name__}: {e}); the run goes on without it'); continue
@@ -305,9 +321,10 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
             subs[name] = write_submission(out/f'submission_{name}.csv', tnames, predict_top5(s.pt, s.test.ids, s.thr))
             ens = blend(res)                          # the blend of what has finished so far
             write_submission(out/'submission.csv', tnames, predict_top5(ens.pt, ens.test.ids, ens.thr))
+            _publish(out, publish)                    # a kill from here on still leaves this answer where it is kept
     if not res:            # still a valid submission: new_whale, then the commonest whales
         top = pd.Series(ids[ids != NEW_WHALE]).value_counts().index[:4].tolist()
-        write_submission(out/'submission.csv', tnames, [[NEW_WHALE] + top]*len(tnames))
+        write_submission(out/'submission.csv', tnames, [[NEW_WHALE] + top]*len(tnames)); _publish(out, publish)
         raise RunError(f'no model finished (see the log above); {out/"submission.csv"} holds the fallback answer, '
                        f'new_whale then the {len(top)} commonest whales')
     if len(res) > 1:
@@ -325,9 +342,11 @@ def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budge
                    thr={('blend' if s is ens and len(res) > 1 else s.name): round(s.thr, 4) for s in allr},
                    secs={s.name: round(s.secs, 1) for s in res}, kept={s.name: s.info.get('kept') for s in res},
                    blend=ens.info.get('weights') and dict(weights=ens.info['weights'], alpha=ens.info['alpha']),
-                   test=({k: round(v, 4) for k,v in test_maps.items()} or None))
+                   test=({k: round(v, 4) for k,v in test_maps.items()} or None), stages=stages.rec)
     from whale_kernel.report import report
-    report(out, res, ens, summary, train=train, imgs=imgs, timgs=timgs[0] if isinstance(timgs, list) else timgs)
+    with stages('report'): report(out, res, ens, summary, train=train, imgs=imgs, timgs=timgs[0] if isinstance(timgs, list) else timgs)
+    (out/'summary.json').write_text(json.dumps(summary, indent=1, default=str))   # with the report's own stage
+    _publish(out, publish, ('submission.csv', *(f'submission_{s.name}.csv' for s in res), 'report.md', 'report.png', 'summary.json'))
     if test_maps: print(f'test MAP@5 against {sol}: ' + ', '.join(f'{k} {v:.4f}' for k,v in test_maps.items()))
     print(f'wrote {out/"submission.csv"} ({len(comp.test)} rows) in {summary["total_secs"]:.0f}s')
     print(f'validation MAP@5 = {_fmt(ens.map_valid)}')

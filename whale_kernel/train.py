@@ -92,8 +92,8 @@ def _plain(o):
     return o.item() if isinstance(o, np.generic) else o
 
 def _save(obj, fn):
-    "`torch.save` `obj` to `fn` through a temporary file, so a kill mid-write leaves the old file intact"
-    fn = Path(fn); fn.parent.mkdir(parents=True, exist_ok=True); tmp = fn.with_name(fn.name + '.tmp')
+    "`torch.save` `obj` to `fn` through a temporary file of this process, so a kill mid-write, or another process writing it too, leaves a whole file"
+    fn = Path(fn); fn.parent.mkdir(parents=True, exist_ok=True); tmp = fn.with_name(f'{fn.name}.{os.getpid()}.tmp')
     torch.save(obj, tmp); os.replace(tmp, fn)
 
 def save_checkpoint(fname, learn:Learner, **meta):
@@ -233,10 +233,13 @@ def _set_freeze(learn, freeze):
     elif freeze == 'none': learn.unfreeze()
     else: raise ValueError(f"Stage.freeze must be 'backbone', 'early' or 'none', got {freeze!r}")
 
-def _fit_epochs(st, done, budget, reserve, secs_per_epoch):
-    "Epochs of stage `st` that the budget affords at `secs_per_epoch` (None: unknown)"
-    if budget is None or secs_per_epoch is None or math.isinf(budget.left): return st.epochs
-    n = max(done + 1, min(st.epochs, done + int((budget.left - reserve) // secs_per_epoch)))
+def _fit_epochs(st, done, budget, reserve, secs_per_epoch, resumed:bool=False):
+    "Epochs of stage `st`, `done` of them trained, that the budget affords at `secs_per_epoch` (None: unknown); a fresh fit trains one at least, a `resumed` one none"
+    left = math.inf if budget is None else budget.left - reserve
+    if math.isinf(left): return st.epochs
+    if resumed and (left <= 0 or (secs_per_epoch is not None and left < secs_per_epoch)): return done
+    if secs_per_epoch is None: return st.epochs
+    n = max(done + 1, min(st.epochs, done + int(left // secs_per_epoch)))
     if n < st.epochs: log.warning(f'time budget: stage {st.name} cut from {st.epochs} to {n} epochs ({secs_per_epoch:.1f}s each)')
     return n
 
@@ -270,7 +273,10 @@ def fit_stages(learn:Learner, stages:list, fname=None, budget:TimeBudget|None=No
                 if i < names.index(ck['stage']): continue
                 if i == names.index(ck['stage']): start = ck['epoch'] + 1
             if st.epochs <= start: continue
-            n = _fit_epochs(st, start, budget, reserve, spe)
+            n = _fit_epochs(st, start, budget, reserve, spe, resumed=ck is not None)
+            if n <= start:    # resumed without the time for one more epoch: the checkpoint's training is the result
+                log.warning(f'time budget: no time for epoch {start} of stage {st.name}; keeping what {fname} holds')
+                learn.halted = 'budget'; break
             _set_freeze(learn, st.freeze)
             if ck is not None and ck['stage'] == st.name and ck.get('opt'): load_opt_state(learn, ck['opt'])
             bcb = BudgetCallback(budget or TimeBudget(None), reserve)
