@@ -253,7 +253,7 @@ def test_boxes_file_outside_the_competition_checked_against_the_photos(comp, tmp
     assert f'{bx}: 1 box(es) lie mostly outside their photo, e.g. tr1.jpg' in wklog.text
     assert f'boxes from {bx}: 2 of 6 train and 1 of 3 test photos' in wklog.text
     wklog.clear(); read_competition(comp)
-    assert 'no bounding_boxes.csv, so the models see whole photos' in wklog.text
+    assert 'no bounding_boxes.csv, so the models see whole photos' in wklog.text and 'generating-whale-bounding-boxes' in wklog.text
 
 def test_cache_streams_to_disk_as_photos_decode(comp, tmp_path, monkeypatch):
     "The cache file grows batch by batch while photos are still being decoded (no full copy in memory), and reads back equal"

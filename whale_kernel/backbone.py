@@ -40,7 +40,7 @@ def load_by_position(model:nn.Module, sd:dict, src='state dict') -> nn.Module:
 # %% ../nbs/03a_backbone.ipynb #559bc873
 def create_backbone(arch:str='efficientnet_lite0', weights:str|Path|None='offline', num_classes:int|None=0,
                     global_pool:str='avg', **kwargs) -> nn.Module:
-    "timm `arch` with `weights` ('offline', a state-dict file, a folder of `<arch>.pth`, or None; never downloaded), classifier reset to `num_classes`"
+    "timm `arch` with `weights` ('offline', a state-dict file, a folder of `<arch>.pth`, None), classifier reset to `num_classes`"
     m = timm.create_model(arch, pretrained=False, **kwargs)
     weights = weights_file(arch, weights)
     if weights == 'offline':
@@ -82,7 +82,7 @@ def preset_archs(p, models=('knn', 'arcface', 'siamese')) -> list:
     return list(dict.fromkeys(out))
 
 def missing_weights(arch:str, weights) -> str|None:
-    "Why `create_backbone(arch, weights)` would find no weights (None: they are there, or `weights` is None, random init on purpose)"
+    "Why `create_backbone(arch, weights)` would find no weights; None when they are there (or `weights` is None: on purpose)"
     w = weights_file(arch, weights)
     if w is None: return None
     if w == 'offline':
@@ -94,11 +94,11 @@ def missing_weights(arch:str, weights) -> str|None:
     return None if Path(w).is_file() else f'{arch}: no weights file {w}'
 
 def check_weights(p, models=('knn', 'arcface', 'siamese')):
-    "Preset `p` when every backbone it builds for `models` has its weights; else `WeightsError` (one line), or, with `WHALE_ALLOW_RANDOM_INIT=1`, `p` with `weights=None`"
+    "`p` when every backbone it builds for `models` has its weights, else `WeightsError` (with `WHALE_ALLOW_RANDOM_INIT=1`: `p`, random init)"
     why = [o for o in (missing_weights(a, p.weights) for a in preset_archs(p, models)) if o]
     if not why: return p
     if os.environ.get(RANDOM_INIT) == '1':
         log.warning(f"{'; '.join(why)}: training from random init, as {RANDOM_INIT}=1 asks (expect a far lower score)")
         return dataclasses.replace(p, weights=None)
-    raise WeightsError(f"{'; '.join(why)}. Pass weights=<a folder of <arch>.pth> (`whale-kernel weights DIR --arch ...` writes one), "
-                       f"or set {RANDOM_INIT}=1 to train from random init on purpose")
+    raise WeightsError(f"{'; '.join(why)}. Pass weights=<a folder of <arch>.pth> (`whale-kernel weights DIR --arch ...` "
+                       f"writes one), or set {RANDOM_INIT}=1 to train from random init on purpose")

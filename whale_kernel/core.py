@@ -231,7 +231,7 @@ class BusyError(OneLine, RuntimeError):
 
 @contextmanager
 def hold(folder):
-    "Hold `folder` for this process while in the block: its `.lock` names our pid under an OS lock; a live holder raises `BusyError`, a dead one's lock is taken over"
+    "Hold `folder` for this process in the block: its `.lock` names our pid under an OS lock; a live holder: `BusyError`"
     fn = Path(folder)/'.lock'
     f = open(fn, 'a+')
     try:
@@ -240,7 +240,8 @@ def hold(folder):
         if fcntl is None and old.isdigit() and _alive(int(old)): raise BlockingIOError
     except BlockingIOError:
         f.seek(0); pid = f.read().strip() or '?'; f.close()
-        raise BusyError(f'{folder}: another run (pid {pid}) is writing to this folder; wait for it to end, or choose another output folder') from None
+        raise BusyError(f'{folder}: another run (pid {pid}) is writing to this folder; '
+                        'wait for it to end, or choose another output folder') from None
     if old: log.warning(f'{folder}: run pid {old} ended without releasing this folder (killed?); taking it over')
     f.seek(0); f.truncate(); f.write(f'{os.getpid()}\n'); f.flush()
     try: yield fn

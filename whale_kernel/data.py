@@ -145,12 +145,13 @@ def _check_boxes(train, test, boxes, fn):
             log.warning(f'{fn}: {len(bad)} box(es) lie mostly outside their photo, e.g. {bad[0]}; those photos are used whole')
             df = df.copy(); df.loc[~ok, ['x0','y0','x1','y1']] = np.nan
         out.append(df)
-    log.info(f'boxes from {fn}: {out[0].x0.notna().sum()} of {len(train)} train and {out[1].x0.notna().sum()} of {len(test)} test photos')
+    n_tr, n_te = (o.x0.notna().sum() for o in out)
+    log.info(f'boxes from {fn}: {n_tr} of {len(train)} train and {n_te} of {len(test)} test photos')
     return out
 
 # %% ../nbs/01_data.ipynb #c0a4cde5
 def read_competition(path, bbox_csv=None) -> Competition:
-    "Read and validate the competition dir `path`, with fluke boxes from `bbox_csv` (default `path/bounding_boxes.csv` if present)"
+    "Read and validate the competition dir `path`, with fluke boxes from `bbox_csv` (default: `path/bounding_boxes.csv`)"
     path = Path(path)
     if not path.is_dir(): raise CompetitionError(f'{path}: competition dir not found')
     train = _check_dups(read_csv_checked(path/'train.csv', ['Image','Id']), path/'train.csv')
@@ -176,8 +177,9 @@ def read_competition(path, bbox_csv=None) -> Competition:
     if bbox_csv is None and (path/'bounding_boxes.csv').exists(): bbox_csv = path/'bounding_boxes.csv'
     boxes = read_bboxes(bbox_csv) if bbox_csv is not None else None
     train,test = _add_boxes(train, boxes, path/'train'), _add_boxes(test, boxes, tdir)
-    if boxes is None: log.warning(f'{path}: no bounding_boxes.csv, so the models see whole photos (cropping to the flukes is worth '
-                                  'about +0.05 on the leaderboard: pass the boxes file, `--boxes FILE`)')
+    if boxes is None: log.warning(f'{path}: no bounding_boxes.csv, so the models see whole photos (cropping to the flukes '
+                                  'is worth about +0.05 on the leaderboard: pass the boxes, `--boxes FILE`; on Kaggle, add '
+                                  'the output of the suicaokhoailang/generating-whale-bounding-boxes notebook)')
     else: train,test = _check_boxes(train, test, boxes, bbox_csv)
     return Competition(path, train, test)
 
@@ -264,16 +266,16 @@ def _load_row(r, size, margin, equalize=False):
 
 # %% ../nbs/01_data.ipynb #19d0c473
 def _decoded(rows, size, margin, equalize, workers, chunk, ok):
-    "Batches (≤ `chunk`, uint8 B,H,W,3) of the photos of `rows` decoded by `workers` threads, a grey frame for an unreadable one (its `ok` set False)"
+    "Batches (≤ `chunk`, uint8 B,H,W,3) of the photos of `rows`, decoded by `workers` threads; unreadable: grey, `ok` False"
     grey = np.full((*size, 3), 127, np.uint8)
     for i in range(0, len(rows), chunk):
-        ims = parallel(_load_row, rows[i:i+chunk], size=size, margin=margin, equalize=equalize, n_workers=workers, threadpool=True,
-                       progress=False)
+        ims = parallel(_load_row, rows[i:i+chunk], size=size, margin=margin, equalize=equalize, n_workers=workers,
+                       threadpool=True, progress=False)
         ok[i:i+len(ims)] = [o is not None for o in ims]
         yield np.stack([grey if o is None else o for o in ims])
 
 def cache_images(df, size=(128,256), cache_dir=None, margin=0.05, workers=2, name='imgs', equalize:bool=False, chunk:int=256):
-    "Decode `df.fn` (cropped to its box) into a `uint8` (N,H,W,3) array, streamed into a memory-mapped `.npy` in `cache_dir` as decoded; also a mask of decodable rows"
+    "`df.fn` decoded (cropped to its box) into a `uint8` (N,H,W,3) array, streamed to a memory-mapped `.npy` in `cache_dir`; and a mask of decodable rows"
     size = tuple(size); rows = list(df[['fn','x0','y0','x1','y1']].itertuples(index=False, name=None))
     shape, ok = (len(rows), *size, 3), np.zeros(len(rows), bool)
     if cache_dir is None:                       # in memory: each batch goes straight into the array
@@ -284,11 +286,11 @@ def cache_images(df, size=(128,256), cache_dir=None, margin=0.05, workers=2, nam
     base = cache_dir/f'{name}_{size[0]}x{size[1]}_{_cache_key(df, size, margin, equalize)}'
     fn, fok = Path(f'{base}.npy'), Path(f'{base}.ok.npy')
     if fn.exists() and fok.exists(): return np.load(fn, mmap_mode='r'), np.load(fok)
-    tmp = fn.with_name(f'{fn.stem}.{os.getpid()}.tmp.npy')
+    tmp, tok = (o.with_name(f'{o.stem}.{os.getpid()}.tmp.npy') for o in (fn, fok))
     with open(tmp, 'wb') as f:                  # a .npy header, then the photos batch by batch: no second copy in memory
-        np.lib.format.write_array_header_1_0(f, dict(descr=np.lib.format.dtype_to_descr(np.dtype(np.uint8)), fortran_order=False, shape=shape)); f.flush()
+        np.lib.format.write_array_header_1_0(f, dict(descr='|u1', fortran_order=False, shape=shape)); f.flush()
         for b in _decoded(rows, size, margin, equalize, workers, chunk, ok): f.write(np.ascontiguousarray(b).data); f.flush()
-    np.save(fok.with_name(f'{fok.stem}.{os.getpid()}.tmp.npy'), ok); os.replace(fok.with_name(f'{fok.stem}.{os.getpid()}.tmp.npy'), fok)
+    np.save(tok, ok); os.replace(tok, fok)
     os.replace(tmp, fn)                         # last: a kill before this leaves no cache that looks whole
     return np.load(fn, mmap_mode='r'), ok      # as a rerun gets it, from the file (which a DDP run reuses)
 

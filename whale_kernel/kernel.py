@@ -152,10 +152,7 @@ def find_boxes(root=None, data=None) -> Path|None:
     "The fluke boxes, `bounding_boxes.csv`: in the competition dir `data` first, then anywhere under `root` (default: the input root)"
     if data is not None and (Path(data)/'bounding_boxes.csv').is_file(): return Path(data)/'bounding_boxes.csv'
     root = Path(root or kaggle_input().parent)
-    hit = next((d/'bounding_boxes.csv' for d in _dirs(root) if (d/'bounding_boxes.csv').is_file()), None)
-    if hit is None: log.warning(f'no bounding_boxes.csv under {root}: whole photos are used. Add the output of the {BOXES_KERNEL} '
-                                'notebook (Add Input -> Notebooks) to crop to the flukes, worth about +0.05 on the leaderboard')
-    return hit
+    return next((d/'bounding_boxes.csv' for d in _dirs(root) if (d/'bounding_boxes.csv').is_file()), None)   # none: the run warns
 
 # %% ../nbs/08_kernel.ipynb #b3677879
 def show_data(data, boxes=None, n:int=8, seed:int=0):
