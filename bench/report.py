@@ -129,12 +129,63 @@ def sec_cpu(rs):
                  f"{' / '.join(f(r['train_speedup'][k], 2) + '×' for k in ks)} |")
     return L
 
+def sec_rehearsal(rs):
+    "The rehearsal section (its description alone while there are no results)"
+    r = rs[0] if rs else None
+    L = ['## rehearsal: the Kaggle run at full size, on this CPU', '',
+         '`python bench/rehearsal.py [--parts gen,data,post,runs] [--root /tmp/whale_rehearsal] [--keep-cache] [--sia-fracs 1/16,1/4]`; '
+         'each part can run alone and replaces its own key of `results/rehearsal.json` (`--quick`: tiny sets under ROOT/quick, '
+         '`results/rehearsal_quick.json`, a smoke test). Every input is synthetic, and each part says how in its `notes`.', '',
+         '- `gen`: a competition of the real shape: 25,361 train photos (9,664 new_whale), 5,004 whales (the real counts of whales '
+         'with 1-5 photos, a fitted power law for 6-72, one of 73), 7,960 test photos (27.6 % unseen whales), 1050×700 JPEGs from '
+         '`synth.render_photo`, boxes in their own folder; copies at 1/16, 1/8, 1/4 (a stratified sample of the whales). Not a key figure.',
+         '- `data`: seconds and peak RSS of each data-layer step on the full set with the kaggle preset (`read_competition` with '
+         'the boxes, `merge_duplicates`, `auto_size`, `cache_images` of train, test and the two box-TTA crops).',
+         '- `post`: seconds and peak RSS of `pipeline.score_model` for knn (1,280-d), arcface and siamese (512-d), two TTA views and '
+         'three box crops, on synthetic feature matrices (no training, no pseudo-label round), then `blend` and the submission. '
+         'The Siamese runs on shares of the test photos (`--sia-fracs`) and its full size is extrapolated linearly.',
+         '- `runs`: `whale-kernel run` (cpu preset) on the three copies: wall, polled max RSS, the run\'s own stage table, and '
+         'per stage the exponent b of secs ≈ c·N^b (N train photos) with its value at 25,361.', '']
+    if not r: return L + ['(not yet run)']
+    L += [f"Machine: {r['device']} ({r['date'][:10]}, torch {r['versions']['torch']}).", '', '| part | step | secs | peak RSS GB | note |', '|---|---|---|---|---|']
+    g = r.get('gen')
+    for k, v in (g or {}).get('sets', {}).items():
+        L.append(f"| gen | {k}: {v['train']:,} train + {v['test']:,} test, {v['whales']:,} whales | {f(v['secs'])} | – | {f(v['img_s'])} photos/s, {v['jpeg_gb']} GB |")
+    if not g: L.append('| gen | – | – | – | not yet run |')
+    dt = r.get('data')
+    for k, v in (dt or {}).get('stages', {}).items():
+        L.append(f"| data | {k} ({v['photos']:,} photos) | {f(v['secs'])} | {f(v['peak_rss_gb'], 2)} | {f(v['photos_s'])} photos/s"
+                 + (f", cache {v['cache_gb']} GB" if 'cache_gb' in v else '') + ' |')
+    L.append(f"| data | total at {dt['size'][0]}×{dt['size'][1]} | {f(dt['total']['secs'])} | {f(dt['total']['peak_rss_gb'], 2)} | cache {dt['total']['cache_gb']} GB |"
+             if dt else '| data | – | – | – | not yet run |')
+    ps = r.get('post')
+    for k, v in (ps or {}).get('stages', {}).items():
+        m = ps['models'].get(k) or (ps['blend'] if k == 'blend' else {})
+        note = [f"valid / test MAP@5 {m['valid_map5']} / {m['test_map5']}"] if m else []
+        note += [f"extrapolated, {v['extrapolated']}"] if 'extrapolated' in v else [f"on {k.split('@')[1]} of the test photos"] if '@' in k else []
+        L.append(f"| post | {k} | {f(v['secs'])} | {f(v['peak_rss_gb'], 2)} | {'; '.join(note)} |")
+    if not ps: L.append('| post | – | – | – | not yet run |')
+    ru = r.get('runs')
+    for k, v in (ru or {}).get('sets', {}).items():
+        st = ', '.join(f"{s} {f(o['secs'], 0)} s" for s, o in (v.get('stages') or {}).items())
+        tm = ', '.join(f'{m} {x}' for m, x in (v.get('test') or {}).items())
+        L.append(f"| runs | {k}: {v.get('n_train') or '?'} train (rc {v['rc']}) | {f(v['wall_s'])} | {f(v['max_rss_gb'], 2)} | {st}; test MAP@5 {tm or '–'} |")
+    if not ru: L.append('| runs | – | – | – | not yet run |')
+    if ru and ru.get('growth'):
+        L += ['', f"Growth of the cpu-preset run, secs ≈ c·N^b (fastest: **{ru['fastest']}**), and each stage extrapolated to 25,361 train photos:", '',
+              '| stage | b (secs) | secs at full size | b (peak RSS) | peak RSS GB at full size |', '|---|---|---|---|---|']
+        for k, v in ru['growth'].items():
+            L.append(f"| {k} | {f(v.get('secs_b'), 2)} | {f(v.get('secs_full'), 0)} | {f(v.get('peak_rss_gb_b'), 2)} | {f(v.get('peak_rss_gb_full'), 2)} |")
+        t = ru.get('totals', {})
+        L.append(f"| whole run (wall, max RSS) | {f(t.get('wall_s_b'), 2)} | {f(t.get('wall_s_full'), 0)} | {f(t.get('max_rss_gb_b'), 2)} | {f(t.get('max_rss_gb_full'), 2)} |")
+    return L
+
 def main():
     L = [HEAD]
     for name, sec in [('train_throughput', sec_train), ('loader', sec_loader), ('lap_epoch', sec_lap), ('pairs', sec_pairs),
-                      ('fullsize', sec_full), ('cpu_precision', sec_cpu)]:
+                      ('fullsize', sec_full), ('cpu_precision', sec_cpu), ('rehearsal', sec_rehearsal)]:
         rs = load(name)
-        if rs: L += sec(rs) + ['']
+        if rs or name == 'rehearsal': L += sec(rs) + ['']
         else: L += [f'## {name}', '', f'(no results yet: `python bench/{name}.py`)', '']
     L += [NOTES, 'Older benchmarks: `bench_data.py`, `bench_arcface.py`, `bench_lap.py`, `bench_synth.py` (results in `results/*.md`).', '']
     (B/'README.md').write_text('\n'.join(L))
