@@ -15,7 +15,7 @@ RES = Path(__file__).parent/'results'
 
 def machine():
     if torch.cuda.is_available(): return f'{torch.cuda.get_device_name()} GPU, {os.cpu_count()} CPU cores'
-    return f'{os.cpu_count()}-core CPU dev box, no GPU ({platform.processor() or platform.machine()})'
+    return f'{os.cpu_count()}-core CPU, no GPU ({platform.processor() or platform.machine()})'
 
 def synth(data):
     if data: return Path(data)

@@ -40,7 +40,7 @@ if __name__ == '__main__':
     out = Path(__file__).parent/'results'/'data.md'; out.parent.mkdir(exist_ok=True)
     out.write_text(f"""# Decode throughput (images/s, one thread)
 
-machine: {os.cpu_count()}-core CPU dev box, no GPU ({platform.processor() or platform.machine()}); source: {src}; target {h}x{w}
+machine: {os.cpu_count()}-core CPU, no GPU ({platform.processor() or platform.machine()}); source: {src}; target {h}x{w}
 
 | path | img/s | vs full decode |
 |---|---|---|

@@ -127,7 +127,7 @@ def bench_epochs(data, epochs=None):
 
 def machine():
     if torch.cuda.is_available(): return torch.cuda.get_device_name(0)
-    return f'{os.cpu_count()}-core CPU dev box ({platform.processor() or platform.machine()}), no GPU, shared with other jobs'
+    return f'{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, shared with other jobs'
 
 def write_md(cpu, gpu=None):
     L = [f'# LAP and all-pairs scoring\n', f'Written by `bench/bench_lap.py` on {cpu["machine"]}; CPU sections with torch threads = '

@@ -28,8 +28,8 @@ if __name__ == '__main__':
     shutil.rmtree(tmp)
     out = Path(__file__).parent/'results'/'synth.md'; out.parent.mkdir(exist_ok=True)
     lines = ['# Synthetic competition generator throughput', '',
-             f'Machine: 2-core CPU dev box, no GPU ({platform.processor() or platform.machine()}, os.cpu_count()={os.cpu_count()}, '
-             f'python {platform.python_version()}); load average at the end {os.getloadavg()[0]:.1f} (the box is shared, so '
+             f'Machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}, os.cpu_count()={os.cpu_count()}, '
+             f'python {platform.python_version()}); load average at the end {os.getloadavg()[0]:.1f} (the machine is shared, so '
              'wall-clock rates are noisy; images per CPU-second is the load-independent figure).', '',
              '| what | photos | wall s | images/s (wall) | CPU s | images per CPU-s |', '|---|---:|---:|---:|---:|---:|']
     lines += [f'| {n} | {k} | {s:.1f} | {k/s:.1f} | {c:.1f} | {k/c:.1f} |' for n, k, s, c in rows]

@@ -1,7 +1,7 @@
 """CPU: convolution layout and precision for the `cpu` preset's backbone. Inference (the feature passes) and a training
 step (forward + backward, the ArcFace fine-tune) of efficientnet_lite0 at 128×272 in NCHW fp32, NHWC fp32 and NHWC
 bf16 autocast, interleaved over `--rounds`, best of each; inference also NHWC fp32 with BatchNorm folded into the
-convolutions (`fold_bn`, what the CPU feature passes run since session 22; no training step there). bf16 only pays on
+convolutions (`fold_bn`, what the CPU feature passes run; no training step there). bf16 only pays on
 a CPU with native bf16 (`cpu_bf16`: AVX512-BF16 or AMX); elsewhere it is emulated, and the learners stay in fp32 there.
 
     python bench/cpu_precision.py [--quick] [--rounds 3] [--threads 2]"""

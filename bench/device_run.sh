@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session of issue 11's benchmarks, every JSON written to $OUT (the device tool returns at most 8 files).
+# One GPU run of issue 11's benchmarks, every JSON written to $OUT (the device tool returns at most 8 files).
 #   on the lent GPU (after ../shared/tools/device-wheels.sh here; carry .whl):  bash bench/device_run.sh
 #   on a CPU, as a smoke test of the same script (no install, tiny sizes):      OUT=/tmp/out bash bench/device_run.sh quick
 # Stages, each under its own `timeout` so that one failure or overrun loses only its own JSON:

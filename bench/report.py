@@ -98,7 +98,7 @@ NOTES = """## Notes
 - **Ratios are per machine and per run.** `ratio` is the learner as it ships (`default`) over the plain loop on the same
   network, loss, batch and size; `tuned_ratio` adds what is measured in the variants (no per-batch progress bar, torch's
   fused AdamW, pinned memory, persistent workers). The variants are cumulative up to `tuned`, then one change each, so
-  each knob's effect reads off its row. On the shared 2-core dev box the CPU figures swing by ±30 % with the load
+  each knob's effect reads off its row. On a 2-core CPU shared with other jobs the figures swing by ±30 % with the load
   (`loadavg` is in each JSON); `--rounds 3` interleaves everything and keeps the best, and even so a CPU ratio above 1
   only means noise. CPU ratios are a smoke test of the harness; the targets are for a GPU.
 - **What the CPU does show:** channels_last is worth +23-28 % on a CPU (`cpu_cl` against `tuned`, and the plain loop's

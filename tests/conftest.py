@@ -20,7 +20,7 @@ def dogfaces():
 
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory):
-    "A synthetic competition of 12 whales (about 40 train and 12 test photos, with `solution.csv`), made once per session"
+    "A synthetic competition of 12 whales (about 40 train and 12 test photos, with `solution.csv`), made once per test run"
     from test_utils import tiny_comp
     return tiny_comp(tmp_path_factory.mktemp('tiny')/'data', n_whales=12, seed=0)
 

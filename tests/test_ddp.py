@@ -187,7 +187,7 @@ def test_kaggle_preset_on_two_ranks_killed_mid_fine_tune_resumes(tmp_path):
         r = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         t0 = time.monotonic()
         while not thaw.exists() and r.poll() is None and time.monotonic() - t0 < 300: time.sleep(0.05)
-        r.send_signal(signal.SIGTERM); r.wait()           # torchrun passes it on to the ranks (their own sessions) and waits for them
+        r.send_signal(signal.SIGTERM); r.wait()           # torchrun passes it on to the ranks and waits for them
     log = (tmp_path/'first.log').read_text()
     assert thaw.exists() and not (out/'arcface_weights.pth').exists(), log[-3000:]      # killed mid-fine-tune
     k = load_checkpoint(thaw)['epoch']; assert k < 3

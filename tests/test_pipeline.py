@@ -4,7 +4,7 @@ import os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from whale_kernel.core import MODEL_NAMES, PRESETS, get_preset
-from whale_kernel.pipeline import MODELS, ModelSpec, run
+from whale_kernel.pipeline import MODELS, ModelSpec, Split, run
 from whale_kernel.metrics import check_submission
 from whale_kernel.ensemble import ModelScores
 from whale_kernel.train import load_checkpoint
@@ -237,7 +237,7 @@ def knn_inputs(tiny_data):
 def _knn_scores(knn_inputs, **kw):
     from whale_kernel.pipeline import score_model
     imgs, ids, isv, timgs, vn, tn = knn_inputs
-    return score_model('knn', imgs, ids, isv, [timgs, timgs[:, :, ::-1].copy()], get_preset('cpu', **{**TINY, **kw}), vn, tn)
+    return score_model('knn', imgs, Split(ids, isv, vn, tn), [timgs, timgs[:, :, ::-1].copy()], get_preset('cpu', **{**TINY, **kw}))
 
 def test_extras_only_when_validation_says_so(knn_inputs, wklog):
     plain = _knn_scores(knn_inputs, rerank=False, pseudo=False)
@@ -255,7 +255,7 @@ def test_arcface_class_centres_candidate(knn_inputs, wklog):
     from whale_kernel.pipeline import score_model
     imgs, ids, isv, timgs, vn, tn = knn_inputs
     kw = {**TINY, 'arcface_mode': 'frozen', 'arcface_epochs': (2, 2), 'rerank': False, 'pseudo': False, 'pseudo_round': 0.}
-    sm = lambda **o: score_model('arcface', imgs, ids, isv, timgs, get_preset('cpu', **{**kw, **o}), vn, tn)
+    sm = lambda **o: score_model('arcface', imgs, Split(ids, isv, vn, tn), timgs, get_preset('cpu', **{**kw, **o}))
     plain = sm(centres=False)
     assert plain.info['centres'] is False and 'best extra' not in wklog.text
     on = sm(select_z=-1e9)                                           # the centres are the only candidate, and any gain clears the bar
@@ -270,7 +270,7 @@ def test_pseudo_round_only_when_validation_says_so(knn_inputs, wklog):
     from whale_kernel.pipeline import score_model
     imgs, ids, isv, timgs, vn, tn = knn_inputs
     kw = {**TINY, 'arcface_mode': 'frozen', 'arcface_epochs': (2, 2), 'rerank': False, 'centres': False, 'pseudo_conf': (0.,)}
-    sm = lambda **o: score_model('arcface', imgs, ids, isv, timgs, get_preset('cpu', **{**kw, **o}), vn, tn)
+    sm = lambda **o: score_model('arcface', imgs, Split(ids, isv, vn, tn), timgs, get_preset('cpu', **{**kw, **o}))
     plain = sm(pseudo=False, pseudo_round=0.)
     assert plain.info['pseudo_round'] is None and 'pseudo-label round' not in wklog.text
     off = sm(pseudo=False, pseudo_round=0.5, select_z=1e9)           # tried, but no gain clears this bar
@@ -289,7 +289,7 @@ def test_new_whale_twins(knn_inputs, wklog):
     imgs, ids, isv, timgs, vn, tn = knn_inputs
     nw = np.flatnonzero((ids == 'new_whale') & ~isv); assert len(nw)
     t2, n2 = np.concatenate([timgs, imgs[nw]]), tn + [f'twin{i}.jpg' for i in range(len(nw))]
-    sm = lambda **o: score_model('knn', imgs, ids, isv, t2, get_preset('cpu', **{**TINY, 'rerank': False, 'pseudo': False, **o}), vn, n2)
+    sm = lambda **o: score_model('knn', imgs, Split(ids, isv, vn, n2), t2, get_preset('cpu', **{**TINY, 'rerank': False, 'pseudo': False, **o}))
     off = sm(new_twins=0.)
     assert off.info['new_twins'] is None and 'new_whale first for' not in wklog.text
     nk = sum(t != 'new_whale' for t in off.truth)
@@ -327,7 +327,8 @@ def test_publish_every_answer_and_measure_each_stage(tiny_data, tmp_path, monkey
     assert list(s['stages']) == ['data', 'knn', 'arcface', 'report']
     assert all(v['secs'] >= 0 and (v['peak_rss_gb'] is None or v['peak_rss_gb'] > 0) for v in s['stages'].values())
     import json
-    assert json.loads((tmp_path/'out'/'summary.json').read_text())['stages'] == s['stages']
+    saved = json.loads((tmp_path/'out'/'summary.json').read_text())
+    assert saved['stages'] == s['stages'] and saved['peak_rss_gb'] == max(v['peak_rss_gb'] for v in s['stages'].values())
 
 def test_second_run_on_a_live_runs_out_exits_with_one_line(tiny_data, tmp_path):
     out = tmp_path/'out'; argv = ['run', '--data', str(tiny_data), '--out', str(out), '--models', 'arcface']

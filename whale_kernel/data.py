@@ -86,7 +86,8 @@ def read_bboxes(fn) -> pd.DataFrame:
     df = read_csv_checked(fn, BBOX_COLS)
     num = df[BBOX_COLS[1:]].apply(pd.to_numeric, errors='coerce')
     bad = num.isna().any(axis=1) | (num.x1 <= num.x0) | (num.y1 <= num.y0) | (num[['x0','y0']] < 0).any(axis=1)
-    if bad.any(): log.warning(f'{fn}: {bad.sum()} malformed box(es) on line(s) {_lines(np.flatnonzero(bad.values))} ignored; full photos used')
+    if bad.any(): log.warning(f'{fn}: {bad.sum()} malformed box(es) on line(s) {_lines(np.flatnonzero(bad.values))} '
+                              f'ignored; full photos used')
     df = pd.concat([df[['Image']], num], axis=1)[~bad.values]
     return df.drop_duplicates('Image', keep='last').reset_index(drop=True)
 
@@ -114,7 +115,7 @@ def _add_boxes(df, boxes, folder):
 _ROT = {5,6,7,8}  # EXIF orientations that swap width and height
 
 def photo_size(fn) -> tuple|None:
-    "(width, height) of photo `fn` as `load_image` sees it (EXIF rotation applied), from its header alone; None when unreadable"
+    "(width, height) of photo `fn` as `load_image` sees it (EXIF-rotated), from its header alone; None when unreadable"
     try:
         with Image.open(fn) as im:
             w,h = im.size
@@ -142,7 +143,8 @@ def _check_boxes(train, test, boxes, fn):
         ok = _inside(df)
         if not ok.all():
             bad = df.Image.values[~ok]
-            log.warning(f'{fn}: {len(bad)} box(es) lie mostly outside their photo, e.g. {bad[0]}; those photos are used whole')
+            log.warning(f'{fn}: {len(bad)} box(es) lie mostly outside their photo, e.g. {bad[0]}; '
+                        f'those photos are used whole')
             df = df.copy(); df.loc[~ok, ['x0','y0','x1','y1']] = np.nan
         out.append(df)
     n_tr, n_te = (o.x0.notna().sum() for o in out)
@@ -151,17 +153,20 @@ def _check_boxes(train, test, boxes, fn):
 
 # %% ../nbs/01_data.ipynb #c0a4cde5
 def read_competition(path, bbox_csv=None) -> Competition:
-    "Read and validate the competition dir `path`, with fluke boxes from `bbox_csv` (default: `path/bounding_boxes.csv`)"
+    "Read and validate competition dir `path`, with fluke boxes from `bbox_csv` (default: `path/bounding_boxes.csv`)"
     path = Path(path)
     if not path.is_dir(): raise CompetitionError(f'{path}: competition dir not found')
     train = _check_dups(read_csv_checked(path/'train.csv', ['Image','Id']), path/'train.csv')
-    if not len(train): raise CompetitionError(f"{path/'train.csv'}: no rows below the header, so there is nothing to train on")
+    if not len(train):
+        raise CompetitionError(f"{path/'train.csv'}: no rows below the header, so there is nothing to train on")
     if (train.Id == NEW_WHALE).all():
-        raise CompetitionError(f"{path/'train.csv'}: all {len(train)} rows are {NEW_WHALE}, so there is no known whale to learn")
+        raise CompetitionError(f"{path/'train.csv'}: all {len(train)} rows are {NEW_WHALE}, "
+                               f"so there is no known whale to learn")
     spaced = np.flatnonzero(train.Id.str.contains(r'\s').values)
     if len(spaced):
-        raise CompetitionError(f"{path/'train.csv'}: {len(spaced)} id(s) with whitespace, e.g. {train.Id.iloc[spaced[0]]!r} "
-                               f"(line(s) {_lines(spaced)}); a submission's answers are space-separated, so an id must be one word")
+        raise CompetitionError(f"{path/'train.csv'}: {len(spaced)} id(s) with whitespace, "
+                               f"e.g. {train.Id.iloc[spaced[0]]!r} (line(s) {_lines(spaced)}); "
+                               f"a submission's answers are space-separated, so an id must be one word")
     _check_files(train, path/'train', path/'train.csv')
     tdir = path/'test'
     if not tdir.is_dir(): raise CompetitionError(f'{tdir}: test dir not found')
@@ -173,13 +178,15 @@ def read_competition(path, bbox_csv=None) -> Competition:
         _check_files(test, tdir, ss)
     else: test = pd.DataFrame({'Image': test_files})
     both = sorted(set(test.Image) & set(train.Image))
-    if both: raise CompetitionError(f"{path/'train.csv'}: {len(both)} test photo name(s) also listed as train photos, e.g. {both[0]}")
+    if both: raise CompetitionError(f"{path/'train.csv'}: {len(both)} test photo name(s) also listed as train photos, "
+                                    f"e.g. {both[0]}")
     if bbox_csv is None and (path/'bounding_boxes.csv').exists(): bbox_csv = path/'bounding_boxes.csv'
     boxes = read_bboxes(bbox_csv) if bbox_csv is not None else None
     train,test = _add_boxes(train, boxes, path/'train'), _add_boxes(test, boxes, tdir)
-    if boxes is None: log.warning(f'{path}: no bounding_boxes.csv, so the models see whole photos (cropping to the flukes '
-                                  'is worth about +0.05 on the leaderboard: pass the boxes, `--boxes FILE`; on Kaggle, add '
-                                  'the output of the suicaokhoailang/generating-whale-bounding-boxes notebook)')
+    if boxes is None:
+        log.warning(f'{path}: no bounding_boxes.csv, so the models see whole photos (cropping to the flukes '
+                    'is worth about +0.05 on the leaderboard: pass the boxes, `--boxes FILE`; on Kaggle, add '
+                    'the output of the suicaokhoailang/generating-whale-bounding-boxes notebook)')
     else: train,test = _check_boxes(train, test, boxes, bbox_csv)
     return Competition(path, train, test)
 
@@ -209,7 +216,7 @@ def _to_rgb(im):
 
 # %% ../nbs/01_data.ipynb #3772d845
 def load_image(fn, bbox=None, size=(128,256), margin=0.05, equalize:bool=False) -> Image.Image:
-    "Open `fn`, fix EXIF orientation, crop `bbox` (x0,y0,x1,y1) with `margin`, resize to `size` (H,W) as RGB, `equalize` its histogram"
+    "Open `fn`, EXIF-rotate, crop `bbox` (x0,y0,x1,y1) with `margin`, resize to RGB `size` (H,W), `equalize` histogram"
     h,w = size
     with Image.open(fn) as im:
         ow,oh = im.size
@@ -246,7 +253,8 @@ def safe_load(fn, **kwargs) -> Image.Image|None:
         prev = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
-            im = load_image(fn, **kwargs); log.warning(f'{fn}: truncated/corrupt image, used the decodable part ({e})'); return im
+            im = load_image(fn, **kwargs); log.warning(f'{fn}: truncated/corrupt image, used the decodable part ({e})')
+            return im
         except Exception as e2:
             log.warning(f'{fn}: unreadable image ({type(e2).__name__}: {e2})'); return None
         finally: ImageFile.LOAD_TRUNCATED_IMAGES = prev
@@ -256,7 +264,8 @@ def _cache_key(df, size, margin, equalize=False):
     h = hashlib.sha1(json.dumps([list(size), margin] + ([True] if equalize else [])).encode())
     for r in df[['fn','x0','y0','x1','y1']].itertuples(index=False):
         p = Path(r.fn); st = p.stat() if p.exists() else None
-        h.update(f'{r.fn}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}|{r.x0},{r.y0},{r.x1},{r.y1}'.encode())
+        h.update((f'{r.fn}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}|'
+                  f'{r.x0},{r.y0},{r.x1},{r.y1}').encode())
     return h.hexdigest()[:16]
 
 def _load_row(r, size, margin, equalize=False):
@@ -266,7 +275,7 @@ def _load_row(r, size, margin, equalize=False):
 
 # %% ../nbs/01_data.ipynb #19d0c473
 def _decoded(rows, size, margin, equalize, workers, chunk, ok):
-    "Batches (≤ `chunk`, uint8 B,H,W,3) of the photos of `rows`, decoded by `workers` threads; unreadable: grey, `ok` False"
+    "Batches (≤ `chunk`, uint8 B,H,W,3) of `rows`' photos, decoded by `workers` threads; unreadable: grey, `ok` False"
     grey = np.full((*size, 3), 127, np.uint8)
     for i in range(0, len(rows), chunk):
         ims = parallel(_load_row, rows[i:i+chunk], size=size, margin=margin, equalize=equalize, n_workers=workers,
@@ -274,8 +283,9 @@ def _decoded(rows, size, margin, equalize, workers, chunk, ok):
         ok[i:i+len(ims)] = [o is not None for o in ims]
         yield np.stack([grey if o is None else o for o in ims])
 
-def cache_images(df, size=(128,256), cache_dir=None, margin=0.05, workers=2, name='imgs', equalize:bool=False, chunk:int=256):
-    "`df.fn` decoded (cropped to its box) into a `uint8` (N,H,W,3) array, streamed to a memory-mapped `.npy` in `cache_dir`; and a mask of decodable rows"
+def cache_images(df, size=(128,256), cache_dir=None, margin=0.05, workers=2, name='imgs', equalize:bool=False,
+                 chunk:int=256):
+    "`df.fn` decoded (box-cropped) as uint8 (N,H,W,3), streamed to a `.npy` memmap in `cache_dir`; and a decodable mask"
     size = tuple(size); rows = list(df[['fn','x0','y0','x1','y1']].itertuples(index=False, name=None))
     shape, ok = (len(rows), *size, 3), np.zeros(len(rows), bool)
     if cache_dir is None:                       # in memory: each batch goes straight into the array
@@ -287,9 +297,11 @@ def cache_images(df, size=(128,256), cache_dir=None, margin=0.05, workers=2, nam
     fn, fok = Path(f'{base}.npy'), Path(f'{base}.ok.npy')
     if fn.exists() and fok.exists(): return np.load(fn, mmap_mode='r'), np.load(fok)
     tmp, tok = (o.with_name(f'{o.stem}.{os.getpid()}.tmp.npy') for o in (fn, fok))
-    with open(tmp, 'wb') as f:                  # a .npy header, then the photos batch by batch: no second copy in memory
+    # a .npy header, then the photos batch by batch: no second copy in memory
+    with open(tmp, 'wb') as f:
         np.lib.format.write_array_header_1_0(f, dict(descr='|u1', fortran_order=False, shape=shape)); f.flush()
-        for b in _decoded(rows, size, margin, equalize, workers, chunk, ok): f.write(np.ascontiguousarray(b).data); f.flush()
+        for b in _decoded(rows, size, margin, equalize, workers, chunk, ok):
+            f.write(np.ascontiguousarray(b).data); f.flush()
     np.save(tok, ok); os.replace(tok, fok)
     os.replace(tmp, fn)                         # last: a kill before this leaves no cache that looks whole
     return np.load(fn, mmap_mode='r'), ok      # as a rerun gets it, from the file (which a DDP run reuses)
@@ -300,7 +312,7 @@ def _wh(r):
     return (r.x1 - r.x0, r.y1 - r.y0) if r.x0 == r.x0 else photo_size(r.fn)
 
 def auto_size(df, pixels:int=128*256, multiple:int=16, max_aspect:float=4.) -> tuple:
-    "(H, W) with the median aspect of the photos (or boxes) of `df` and about `pixels` pixels, each a multiple of `multiple`"
+    "(H, W) with the median aspect of `df`'s photos (or boxes), about `pixels` pixels, each a multiple of `multiple`"
     whs = [o for o in (_wh(r) for r in df.itertuples()) if o is not None and min(o) > 0]
     a = float(np.clip(np.median([w/h for w,h in whs]), 1/max_aspect, max_aspect)) if whs else 1.
     h = max(multiple, int(round(math.sqrt(pixels/a) / multiple)) * multiple)
@@ -374,7 +386,7 @@ class RandomGray(Transform):
         return TensorImage(torch.where(m, g, x))
 
 class RandomErase(Transform):
-    "Blank one random rectangle (`sl`..`sh` of the area) in a random `p` of a batch's photos (after `Normalize`: to 0, the mean)"
+    "Blank a random rectangle (`sl`..`sh` of the area) in a random `p` of photos (after `Normalize`: to 0, the mean)"
     split_idx,order = 0,100
     def __init__(self, p:float=0.25, sl:float=0.02, sh:float=0.2): super().__init__(); store_attr('p,sl,sh')
     def encodes(self, x:TensorImage):
@@ -390,7 +402,7 @@ class RandomErase(Transform):
 
 def aug_tfms(aug:bool=True, max_rotate:float=8., max_zoom:float=1.15, max_lighting:float=0.3, max_warp:float=0.1,
              p_gray:float=0.2, p_erase:float=0.25, size=None) -> list:
-    "Batch transforms: to float, optional resize to `size`, (`aug`) affine, lighting, grayscale, then `Normalize`, erasing"
+    "Batch transforms: to float, optional resize to `size`, (`aug`) affine, lighting, grayscale, `Normalize`, erasing"
     fs = [IntToFloatTensor()] + ([BatchResize(size)] if size is not None else [])
     if aug:
         fs += aug_transforms(do_flip=False, max_rotate=max_rotate, max_zoom=max_zoom, max_lighting=max_lighting,
@@ -416,7 +428,7 @@ def preset_aug(p) -> dict:
 # %% ../nbs/01_data.ipynb #44f34a11
 def array_dls(imgs, labels, train_idx, valid_idx=None, vocab=None, bs=32, aug=True, device=None, workers=0,
               aug_kw:dict|None=None, **kwargs) -> DataLoaders:
-    "fastai `DataLoaders` over rows `train_idx`/`valid_idx` of the uint8 array `imgs` labelled by `labels`, augmented by `aug_tfms(**aug_kw)`"
+    "`DataLoaders` on rows `train_idx`/`valid_idx` of uint8 `imgs` labelled `labels`, augmented by `aug_tfms(**aug_kw)`"
     valid_idx = [] if valid_idx is None else list(valid_idx)
     items = list(train_idx) + valid_idx
     splits = (list(range(len(train_idx))), list(range(len(train_idx), len(items))))

@@ -25,7 +25,8 @@ class ScoreMatrix:
     def __post_init__(self):
         self.names,self.ids,self.values = list(self.names),list(self.ids),np.asarray(self.values, dtype=np.float32)
         if self.values.shape != (len(self.names), len(self.ids)):
-            raise ValueError(f'ScoreMatrix: values {self.values.shape} do not match {len(self.names)} names × {len(self.ids)} ids')
+            raise ValueError(f'ScoreMatrix: values {self.values.shape} do not match '
+                             f'{len(self.names)} names × {len(self.ids)} ids')
 
     def align(self, ids, names=None, fill:float=-np.inf) -> ScoreMatrix:
         "The same scores with columns in the order of `ids` (unknown ids get `fill`) and rows in the order of `names`"
@@ -36,12 +37,14 @@ class ScoreMatrix:
         if names is not None:
             rp = {k:i for i,k in enumerate(self.names)}
             missing = [n for n in names if n not in rp]
-            if missing: raise KeyError(f'ScoreMatrix.align: {len(missing)} photo(s) not in this matrix, e.g. {missing[0]}')
+            if missing:
+                raise KeyError(f'ScoreMatrix.align: {len(missing)} photo(s) not in this matrix, e.g. {missing[0]}')
             v = v[[rp[n] for n in names]]
         return ScoreMatrix(list(self.names) if names is None else list(names), list(ids), v)
 
     def save(self, fn):
-        np.savez_compressed(fn, names=np.array(self.names, dtype=str), ids=np.array(self.ids, dtype=str), values=self.values)
+        np.savez_compressed(fn, names=np.array(self.names, dtype=str), ids=np.array(self.ids, dtype=str),
+                            values=self.values)
     @classmethod
     def load(cls, fn):
         z = np.load(fn, allow_pickle=False)
@@ -75,17 +78,19 @@ def calibrate(values, ids, truth, top:int=20) -> tuple:
     return (a, b) if a > 0 else (1., 0.)
 
 def to_prob(values, ab) -> np.ndarray:
-    "σ(a·`values` + b) for `ab` = (a, b) from `calibrate` (None: `values` are probabilities already); −inf (an id never scored) becomes 0"
+    "σ(a·`values` + b) for `ab` from `calibrate` (None: `values` are probabilities); −inf (never scored) becomes 0"
     v = np.asarray(values, dtype=np.float64)
     if ab is None: return np.where(np.isfinite(v), v, 0.).astype(np.float32)
-    return np.where(np.isfinite(v), 1/(1 + np.exp(-np.clip(ab[0]*np.nan_to_num(v, neginf=0.) + ab[1], -50, 50))), 0.).astype(np.float32)
+    return np.where(np.isfinite(v), 1/(1 + np.exp(-np.clip(ab[0]*np.nan_to_num(v, neginf=0.) + ab[1], -50, 50))),
+                    0.).astype(np.float32)
 
 # %% ../nbs/06_ensemble.ipynb #ec1ef426
-def _knows(truth, ids) -> bool: return bool(np.isin(truth, ids).any())   # a known whale among the answers: something to search on
+# a known whale among the answers: something to search on
+def _knows(truth, ids) -> bool: return bool(np.isin(truth, ids).any())
 
 @dataclass
 class ModelScores:
-    "One model's validation scores `valid` (answers `truth`) and `test` scores, calibrated by `ab` (None: probabilities), with its `new_whale` threshold"
+    "A model's `valid` (answers `truth`) and `test` scores, calibration `ab` (None: probabilities), new_whale threshold"
     name:str
     valid:ScoreMatrix
     truth:list
@@ -108,25 +113,28 @@ class ModelScores:
 
     @classmethod
     def fit(cls, name, valid:ScoreMatrix, truth, test:ScoreMatrix, secs:float=0., info=None) -> ModelScores:
-        "Calibrate `valid`, align `test` to its ids, and search the `new_whale` threshold on validation (with no known whale there: uncalibrated, `new_whale` first for the leaderboard's share of test photos, `ratio_threshold`)"
+        "Calibrate `valid`, align `test`, search the `new_whale` threshold (no known whale: `ratio_threshold`)"
         test = test.align(valid.ids)
         ab = calibrate(valid.values, valid.ids, truth)
         if not _knows(truth, valid.ids):
-            return cls(name, valid, list(truth), test, ab, ratio_threshold(to_prob(test.values, ab)), math.nan, secs, info or {})
+            return cls(name, valid, list(truth), test, ab,
+                       ratio_threshold(to_prob(test.values, ab)), math.nan, secs, info or {})
         thr,m = best_threshold(to_prob(valid.values, ab), valid.ids, list(truth))
         return cls(name, valid, list(truth), test, ab, thr, m, secs, info or {})
 
     def save(self, fn):
         fn = Path(fn)
-        np.savez_compressed(fn, name=self.name, vnames=np.array(self.valid.names, dtype=str), ids=np.array(self.valid.ids, dtype=str),
-                            valid=self.valid.values, truth=np.array(self.truth, dtype=str), tnames=np.array(self.test.names, dtype=str),
-                            test=self.test.values, ab=np.array([np.nan, np.nan] if self.ab is None else self.ab), thr=self.thr, map_valid=self.map_valid, secs=self.secs,
-                            info=np.array(repr(self.info)))
+        np.savez_compressed(fn, name=self.name, vnames=np.array(self.valid.names, dtype=str),
+                            ids=np.array(self.valid.ids, dtype=str), valid=self.valid.values,
+                            truth=np.array(self.truth, dtype=str), tnames=np.array(self.test.names, dtype=str),
+                            test=self.test.values, ab=np.array([np.nan, np.nan] if self.ab is None else self.ab),
+                            thr=self.thr, map_valid=self.map_valid, secs=self.secs, info=np.array(repr(self.info)))
     @classmethod
     def load(cls, fn):
         z = np.load(fn, allow_pickle=False); ids = list(z['ids'])
         return cls(str(z['name']), ScoreMatrix(list(z['vnames']), ids, z['valid']), list(z['truth']),
-                   ScoreMatrix(list(z['tnames']), ids, z['test']), None if np.isnan(z['ab']).any() else tuple(z['ab'].tolist()), float(z['thr']),
+                   ScoreMatrix(list(z['tnames']), ids, z['test']),
+                   None if np.isnan(z['ab']).any() else tuple(z['ab'].tolist()), float(z['thr']),
                    float(z['map_valid']), float(z['secs']), eval(str(z['info'])) if 'info' in z else {})
 
 # %% ../nbs/06_ensemble.ipynb #d7a1bdfa
@@ -137,8 +145,9 @@ def topk_mean(s, k:int=10, axis:int=1) -> np.ndarray:
     return -np.partition(-s, k - 1, axis=axis).take(np.arange(k), axis=axis).mean(axis)
 
 def csls(sims, r_q, r_g, beta:float=1.) -> np.ndarray:
-    "`sims` (Q,G) less `beta`/2 of the neighbourhood similarities `r_q` (Q,) of the queries and `r_g` (G,) of the gallery photos"
-    return (np.asarray(sims, np.float32) - beta/2*(np.asarray(r_q, np.float32)[:, None] + np.asarray(r_g, np.float32)[None])).astype(np.float32)
+    "`sims` (Q,G) less `beta`/2 of the neighbourhood similarities of queries `r_q` (Q,) and gallery photos `r_g` (G,)"
+    return (np.asarray(sims, np.float32)
+            - beta/2*(np.asarray(r_q, np.float32)[:, None] + np.asarray(r_g, np.float32)[None])).astype(np.float32)
 
 # %% ../nbs/06_ensemble.ipynb #f53e81df
 def _simplex(n, step):
@@ -149,20 +158,23 @@ def power_mean(ps, w, alpha:float) -> np.ndarray:
     "Σ wᵢ·Pᵢ^`alpha` of probability matrices `ps`"
     return sum(wi * np.power(p, alpha) for wi,p in zip(w, ps) if wi > 0)
 
-def blend(scores:list, step:float=0.1, alphas=(0.25, 0.5, 1., 2.), tol:float=0.01, weights=None, alpha=None) -> ModelScores:
+def blend(scores:list, step:float=0.1, alphas=(0.25, 0.5, 1., 2.), tol:float=0.01,
+          weights=None, alpha=None) -> ModelScores:
     "Power-mean blend of `ModelScores` (aligned by id), weights and α searched on validation unless given"
     if len(scores) == 1: return scores[0]
     ids = scores[0].valid.ids; vnames = scores[0].valid.names; tnames = scores[0].test.names
     for s in scores[1:]:
         if list(s.truth) != list(scores[0].truth) or set(s.valid.names) != set(vnames):
             raise ValueError(f'blend: {s.name} was scored on another validation split than {scores[0].name}')
-    al = [ModelScores(s.name, s.valid.align(ids, vnames, fill=-np.inf), s.truth, s.test.align(ids, tnames), s.ab) for s in scores]
+    al = [ModelScores(s.name, s.valid.align(ids, vnames, fill=-np.inf), s.truth, s.test.align(ids, tnames), s.ab)
+          for s in scores]
     pv,pt = [s.pv for s in al],[s.pt for s in al]
     truth = scores[0].truth
     cands = [(np.asarray(weights, float)/np.sum(weights), alpha or 1.)] if weights is not None else \
             [(w, a) for w in _simplex(len(al), step) for a in (alphas if alpha is None else [alpha])]
     res = []
-    if not scores[0].has_valid:      # no known whale to search on: given or equal weights, α 1, the prior share of new_whale
+    # no known whale to search on: given or equal weights, α 1, the prior share of new_whale
+    if not scores[0].has_valid:
         w,a = cands[0] if weights is not None else (np.full(len(al), 1/len(al)), alpha or 1.)
         m,thr = math.nan,ratio_threshold(power_mean(pt, w, a))
     else:
@@ -171,8 +183,10 @@ def blend(scores:list, step:float=0.1, alphas=(0.25, 0.5, 1., 2.), tol:float=0.0
             res.append((m, -float(np.square(w - 1/len(w)).sum()), w, a, thr))    # squared distance to equal weights
         best = max(r[0] for r in res)
         floor = max([best - tol] + [r[0] for r in res if (r[2] > 0).sum() == 1])   # never below the best single model
-        by_name = np.argsort([s.name for s in scores], kind='stable')            # last tie-break: the same whatever the caller's order
-        m,_,w,a,thr = max([r for r in res if r[0] >= floor - 1e-9], key=lambda r: (round(r[1], 12), r[0], tuple(r[2][by_name])))
+        # last tie-break: the same whatever the caller's order
+        by_name = np.argsort([s.name for s in scores], kind='stable')
+        m,_,w,a,thr = max([r for r in res if r[0] >= floor - 1e-9],
+                          key=lambda r: (round(r[1], 12), r[0], tuple(r[2][by_name])))
     info = dict(weights={s.name: round(float(wi), 3) for s,wi in zip(scores, w)}, alpha=a,
                 search=[(dict(zip([s.name for s in scores], map(float, r[2]))), r[3], round(r[0], 4)) for r in res])
     name = '+'.join(s.name for s,wi in zip(scores, w) if wi > 0)

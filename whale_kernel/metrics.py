@@ -66,7 +66,7 @@ def ratio_threshold(scores, ratio:float=0.276) -> float:
 
 # %% ../nbs/03_metrics.ipynb #28df56d7
 def query_aps(scores, ids, truth, thr=None, k:int=5) -> np.ndarray:
-    "AP@`k` (Q,) of each row of `scores` (Q, n_ids) against `truth` with `new_whale` at `thr` (None: never); (T,Q) for an array `thr`"
+    "AP@`k` (Q,) per row of `scores` (Q, n_ids) vs `truth`, `new_whale` at `thr` (None: never); (T,Q) for array `thr`"
     s = np.asarray(scores, dtype=np.float32); ids = np.asarray(ids); truth = np.asarray(truth)
     top = np.argsort(-s, axis=1, kind='stable')[:, :k]
     ts = np.take_along_axis(s, top, 1)                                 # (Q,k) best scores, descending
@@ -90,9 +90,10 @@ def threshold_curve(scores, ids, truth, thrs=None):
     return thrs, query_aps(scores, ids, truth, thrs).mean(1)
 
 def best_threshold(scores, ids, truth, thrs=None, smooth:int=9):
-    "The `new_whale` threshold maximising MAP@5 of `scores` against `truth` (a validation split), its curve smoothed over `smooth` thresholds; returns (thr, map5)"
+    "(thr, map5): the `new_whale` threshold maximising MAP@5 of `scores` vs validation `truth`, smoothed over `smooth`"
     t,m = threshold_curve(scores, ids, truth, thrs)
-    ms = np.convolve(np.pad(m, smooth//2, mode='edge'), np.ones(smooth)/smooth, mode='valid') if smooth > 1 and len(m) > smooth else m
+    ms = (np.convolve(np.pad(m, smooth//2, mode='edge'), np.ones(smooth)/smooth, mode='valid')
+          if smooth > 1 and len(m) > smooth else m)
     i = int(np.argmax(ms))
     return float(t[i]), float(m[i])
 
@@ -122,13 +123,16 @@ def check_submission(fn, images=None) -> pd.DataFrame:
     except CompetitionError as e: raise SubmissionError(str(e)) from None
     lab = df.Id.str.split()
     lines = lambda m: ', '.join(str(i+2) for i in np.flatnonzero(m)[:5])
-    for bad,why in [(lab.map(len) > 5, 'more than 5 labels'), (lab.map(lambda l: len(set(l)) != len(l)), 'repeated labels'),
+    for bad,why in [(lab.map(len) > 5, 'more than 5 labels'),
+                    (lab.map(lambda l: len(set(l)) != len(l)), 'repeated labels'),
                     (df.Image.duplicated(), 'image listed more than once')]:
         if bad.any(): raise SubmissionError(f'{fn}: {why} on line(s) {lines(bad.values)}')
     if images is not None:
         images = set(images); got = set(df.Image)
-        if images - got: raise SubmissionError(f'{fn}: {len(images-got)} test image(s) missing, e.g. {sorted(images-got)[:3]}')
-        if got - images: raise SubmissionError(f'{fn}: {len(got-images)} unknown image(s), e.g. {sorted(got-images)[:3]}')
+        if images - got: raise SubmissionError(f'{fn}: {len(images-got)} test image(s) missing, '
+                                               f'e.g. {sorted(images-got)[:3]}')
+        if got - images: raise SubmissionError(f'{fn}: {len(got-images)} unknown image(s), '
+                                               f'e.g. {sorted(got-images)[:3]}')
     return df
 
 # %% ../nbs/03_metrics.ipynb #5dacb9e4

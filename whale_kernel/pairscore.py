@@ -15,7 +15,7 @@ __all__ = ['SymmetricHead', 'scores_naive', 'pair_logits', 'scores_exact', 'Head
 
 # %% ../nbs/05b_pairscore.ipynb #b7672c15
 class SymmetricHead(nn.Module):
-    "Pair logit from x·y, x+y, |x−y|, (x−y)² of each feature, a `mid`-unit layer shared by features, then a linear layer"
+    "Pair logit: x·y, x+y, |x−y|, (x−y)² per feature, a `mid`-unit layer shared by features, then a linear layer"
     def __init__(self, n_feats:int=256, mid:int=32, act_layer=nn.ReLU):
         super().__init__()
         self.n_feats = n_feats
@@ -82,7 +82,7 @@ def scores_exact(head:SymmetricHead, qf, gf, chunk:int=128, device=None) -> torc
 
 # %% ../nbs/05b_pairscore.ipynb #38318f16
 class HeadFactors:
-    "g(x,y) ≈ Σᵣ λᵣ uᵣ(x) uᵣ(y) on `n_grid` points over the range of `feats`, weighted by their density (+`floor`), `rank` terms"
+    "`rank`-term g(x,y) ≈ Σᵣ λᵣ uᵣ(x) uᵣ(y) on `n_grid` points over `feats`, density-weighted (+`floor`)"
     @torch.no_grad()
     def __init__(self, head:SymmetricHead, feats, rank:int=32, n_grid:int=256, floor:float=0.03):
         f = torch.cat([_t(o, 'cpu').flatten() for o in L(feats)])
@@ -117,13 +117,14 @@ class HeadFactors:
 @torch.no_grad()
 def scores_fast(head:SymmetricHead, qf, gf, rank:int=32, n_grid:int=256, chunk:int=2048, refine:int=0, device=None,
                 factors:HeadFactors|None=None) -> torch.Tensor:
-    "Logits (Q,G) of `head` on all pairs (mean over views for (n,V·d) features) by one low-rank matmul per `chunk` rows; the top `refine` of each row exact"
+    "Logits (Q,G) of `head` on all pairs (views averaged), low-rank matmuls of `chunk` rows; top `refine` per row exact"
     dev = _dev(head, device); qf,gf = _t(qf, dev),_t(gf, dev)
     d = head.n_feats; nv = qf.shape[1] // d
     fac = factors or HeadFactors(head, [qf, gf], rank=rank, n_grid=n_grid)
     scale = (head.fc.weight[0].float()[:,None] * fac.lam.to(dev)[None]) / nv
     def lift(f, s=None): return torch.cat([fac.lift(f[:, k*d:(k+1)*d], s) for k in range(nv)], 1)
-    gl = torch.cat([lift(gf[j:j+chunk]) for j in range(0, len(gf), chunk)]) if len(gf) else gf.new_zeros(0, nv*d*fac.rank)
+    gl = (torch.cat([lift(gf[j:j+chunk]) for j in range(0, len(gf), chunk)])
+          if len(gf) else gf.new_zeros(0, nv*d*fac.rank))
     res = _out(len(qf), len(gf))
     for i in range(0, len(qf), chunk):
         s = lift(qf[i:i+chunk], scale) @ gl.T + head.fc.bias.float()
@@ -162,10 +163,12 @@ if triton is not None:
 
 # %% ../nbs/05b_pairscore.ipynb #d29017e8
 @torch.no_grad()
-def scores_triton(head:SymmetricHead, qf, gf, chunk:int=8192, bp:int=32, bq:int=64, num_warps:int=4, device=None) -> torch.Tensor:
-    "Exact logits (Q,G) of a ReLU `head` on all pairs by one fused Triton kernel per `chunk` query rows (CUDA, or `TRITON_INTERPRET=1`)"
+def scores_triton(head:SymmetricHead, qf, gf, chunk:int=8192, bp:int=32, bq:int=64, num_warps:int=4,
+                  device=None) -> torch.Tensor:
+    "Exact ReLU-`head` logits (Q,G) on all pairs, a fused Triton kernel per `chunk` rows (CUDA or `TRITON_INTERPRET=1`)"
     if triton is None: raise ImportError('scores_triton needs triton (pip install triton)')
-    if not isinstance(head.act, nn.ReLU): raise ValueError(f'scores_triton: the kernel hard-codes ReLU, the head has {head.act}')
+    if not isinstance(head.act, nn.ReLU):
+        raise ValueError(f'scores_triton: the kernel hard-codes ReLU, the head has {head.act}')
     dev = _dev(head, device); qf,gf = _t(qf, dev).contiguous(),_t(gf, dev).contiguous()
     w = torch.cat([head.mid.weight, head.mid.bias[:,None], head.out.weight[0][:,None]], 1).float().contiguous().to(dev)
     v = head.fc.weight[0].float().contiguous().to(dev)

@@ -26,7 +26,9 @@ from .arcface import fit_arcface, arcface_features, arcface_similarity, arcface_
 from .siamese import fit_siamese, siamese_features, siamese_similarity
 
 # %% auto #0
-__all__ = ['MODELS', 'ModelSpec', 'score_model', 'EpochLines', 'quiet_bars', 'RunError', 'run']
+__all__ = ['MODELS', 'ModelSpec', 'Split', 'Scored', 'fit_model', 'score_views', 'extras', 'keep_best', 'pseudo_round',
+           'new_whale_twins', 'score_model', 'EpochLines', 'quiet_bars', 'RunError', 'run', 'Photos', 'read_photos',
+           'make_split', 'fit_all', 'summarize']
 
 # %% ../nbs/07_pipeline.ipynb #a9fc8181
 @dataclass(frozen=True)
@@ -36,30 +38,32 @@ class ModelSpec:
     fit:Callable
     features:Callable                  # (model, imgs, tta=, idxs=) -> features of rows `idxs` (default: all)
     similarity:Callable
-    centres:Callable|None = None       # (model, features) -> (scores to each known whale's centre, their ids), if it has centres
-    pseudo_fit:Callable|None = None    # (model, imgs, ids, train rows, test photos, their rows, their names, ...) -> the model after a pseudo-label round
+    centres:Callable|None = None       # (model, features) -> (scores to each known whale's centre, their ids)
+    pseudo_fit:Callable|None = None    # (model, imgs, ids, train rows, test photos, their rows, their names, ...)
+                                       # -> the model after a pseudo-label round
 
 MODELS = {s.name: s for s in [ModelSpec('knn', fit_knn, knn_features, knn_similarity),
-                               ModelSpec('arcface', fit_arcface, arcface_features, arcface_similarity, arcface_centre_scores, arcface_pseudo_round),
+                               ModelSpec('arcface', fit_arcface, arcface_features, arcface_similarity,
+                                         arcface_centre_scores, arcface_pseudo_round),
                                ModelSpec('siamese', fit_siamese, siamese_features, siamese_similarity)]}
 
 # %% ../nbs/07_pipeline.ipynb #f8a200c2
 def _confident(pt, ids, conf, thr):
-    "Rows of probabilities `pt` (Q, n_ids) whose best whale reaches `conf` and the `new_whale` threshold `thr`, and those whales"
+    "Rows of probabilities `pt` (Q, n_ids) whose best whale reaches `conf` and the threshold `thr`, and those whales"
     top = pt.argmax(1); pmax = pt[np.arange(len(pt)), top]
     u = np.flatnonzero((pmax >= conf) & (pmax > thr))
     return u, np.array(ids, dtype=object)[top[u]]
 
 def _join(r, rn, su, lab, all_ids, reduce):
-    "Whale scores `r` (Q, n_ids) of a gallery with `rn` photos per whale, joined by photos of whales `lab` with similarities `su` (Q, U; -inf: the query itself)"
+    "Whale scores `r` (Q, n_ids; `rn` photos per whale) joined by photos of whales `lab` with similarities `su` (Q, U)"
     if reduce == 'max': return np.maximum(r, reduce_by_id(su, lab, all_ids, 'max')[0])
-    L = (np.asarray(lab, dtype=object)[:, None] == np.asarray(all_ids, dtype=object)[None]).astype(np.float32)   # (U, n_ids)
+    L = (np.asarray(lab, dtype=object)[:, None] == np.asarray(all_ids, dtype=object)[None]).astype(np.float32)
     own = np.isinf(su); n = rn + (~own).astype(np.float32) @ L
     tot = np.where(rn > 0, r, 0)*rn + np.where(own, 0, su) @ L
     return np.where(n > 0, tot/np.maximum(n, 1), -np.inf).astype(np.float32)
 
 def _with_centres(s, c, vocab, all_ids):
-    "Whale scores `s` (Q, n_ids over `all_ids`) averaged with cosines `c` (Q, len(vocab)) to the whales' centres; `s` alone where a whale has none"
+    "Whale scores `s` (Q, n_ids over `all_ids`) averaged with cosines `c` (Q, len(vocab)) to the whales' centres"
     out = np.array(s, dtype=np.float32, copy=True)
     pos = {w:i for i,w in enumerate(all_ids)}; cols = np.array([pos[w] for w in vocab], dtype=int)
     out[:, cols] = (out[:, cols] + np.asarray(c, np.float32))/2
@@ -67,129 +71,212 @@ def _with_centres(s, c, vocab, all_ids):
 
 def _best(v) -> np.ndarray:
     "Each row's best finite score (−inf where none)"
-    v = np.asarray(v, np.float32); return np.where(np.isfinite(v), v, -np.inf).max(1) if v.shape[1] else np.full(len(v), -np.inf, np.float32)
+    v = np.asarray(v, np.float32)
+    return np.where(np.isfinite(v), v, -np.inf).max(1) if v.shape[1] else np.full(len(v), -np.inf, np.float32)
 
 def _new_first(ms, fv, ft, extra) -> ModelScores:
-    "`ms` as probabilities with `new_whale` first for validation rows `fv` and test rows `ft` (their whales keep their order), at the same threshold"
+    "`ms` as probabilities, `new_whale` first for validation rows `fv` and test rows `ft` (whales kept in order)"
     pv, pt, f = ms.pv, ms.pt, (0.5*ms.thr if ms.thr > 0 else 1.)
     pv[fv] *= f; pt[ft] *= f
-    return ModelScores(ms.name, ScoreMatrix(ms.valid.names, ms.valid.ids, pv), list(ms.truth), ScoreMatrix(ms.test.names, ms.test.ids, pt),
-                       None, ms.thr, float(query_aps(pv, ms.valid.ids, ms.truth, ms.thr).mean()), ms.secs, {**ms.info, **extra})
+    return ModelScores(ms.name, ScoreMatrix(ms.valid.names, ms.valid.ids, pv), list(ms.truth),
+                       ScoreMatrix(ms.test.names, ms.test.ids, pt), None, ms.thr,
+                       float(query_aps(pv, ms.valid.ids, ms.truth, ms.thr).mean()), ms.secs, {**ms.info, **extra})
 
-def _pseudo(spec, model, ms, conf, pt_tr, sv0, fv, tfs, rts, ids, gal, gtr, all_ids, reduce, fit):
-    "`ms` rescored with the test photos named with probability ≥ `conf` (and above the `new_whale` threshold) in the gallery"
-    count = lambda g: pd.Series(ids[g]).value_counts().reindex(all_ids, fill_value=0).values.astype(np.float32)
-    # validation: labels from the training gallery alone (`pt_tr`), else a held-out photo would vouch for itself
-    u,lab = _confident(pt_tr, all_ids, conf, ms.thr)
-    if not len(u): return None
-    v = _join(sv0, count(gtr), spec.similarity(model, fv, tfs[0][u]), lab, all_ids, reduce)
-    # test: labels from the whole gallery; each pseudo-labelled photo joins it as its crop 0, and is no evidence for itself
-    u,lab = _confident(ms.pt, ms.test.ids, conf, ms.thr)
-    t, rn = 0., count(gal)
-    for tf,r in zip(tfs, rts):          # `rts`: each crop's plain whale scores, so the gallery is not compared again
-        su = spec.similarity(model, tf, tfs[0][u]); su[u, np.arange(len(u))] = -np.inf
-        t = t + _join(r, rn, su, lab, all_ids, reduce)/len(tfs)
-    return fit(v, t, dict(pseudo=dict(conf=conf, n=int(len(u)))))
+# %% ../nbs/07_pipeline.ipynb #e0e17abc
+@dataclass
+class Split:
+    "A validation split of the train photos `ids`, built once: training and held-out rows, galleries, new_whale photos"
+    ids:np.ndarray                  # each train photo's whale (or new_whale)
+    is_valid:np.ndarray             # the held-out rows
+    vnames:list                     # names of the held-out photos, and of the test photos
+    tnames:list
+    def __post_init__(self):
+        self.ids = np.asarray(self.ids, dtype=object); known = self.ids != NEW_WHALE
+        self.train, self.valid = np.flatnonzero(~self.is_valid), np.flatnonzero(self.is_valid)
+        self.valid_known = self.valid[known[self.valid]]                  # what a learner chooses its epoch on
+        self.gallery = np.flatnonzero(known)                              # test photos meet every known photo,
+        self.train_gallery = np.flatnonzero(known & ~self.is_valid)       # held-out ones the training photos only
+        self.new, self.train_new = np.flatnonzero(~known), np.flatnonzero(~known & ~self.is_valid)
+        self.whales = sorted(set(self.ids[known]))
+        self.rows = np.union1d(self.gallery, self.valid)                  # the photos whose features are compared
+    def count(self, rows) -> np.ndarray:
+        "Photos of each of `whales` among rows `rows`"
+        return pd.Series(self.ids[rows]).value_counts().reindex(self.whales, fill_value=0).values.astype(np.float32)
+
+@dataclass
+class Scored:
+    "What scoring a model on a split computed, for the stages after it: features, plain whale scores, re-ranked ones"
+    model:object
+    feats:object                    # features of the split's `rows`
+    test_feats:list                 # features of each test crop
+    valid:dict                      # re-ranking strength (0: none) -> held-out whale scores (training gallery)
+    test:dict                       # the same for the test photos, against every known photo, crops averaged
+    test_crops:list                 # each crop's plain test whale scores
+    test_train:np.ndarray           # plain test whale scores against the training gallery alone
+    def rows(self, split, rows): return self.feats[np.searchsorted(split.rows, rows)]
+
+# %% ../nbs/07_pipeline.ipynb #f40cbab0
+def _fit_on_gpus(name, imgs, split, p, *, path, budget, reserve, cache_dir):
+    "Train `name` on every GPU (torchrun ranks) by the budget's deadline; the in-process fit then loads what they saved"
+    left = None if budget is None or not math.isfinite(budget.left) else max(budget.left - reserve, 1.)
+    try:                  # the ranks stop by the deadline themselves; the kill after a grace period is for a hung one
+        n = ddp_procs(p); log.info(f'{name}: training on {n} DDP processes')
+        fit_ddp(imgs, split.ids, split.is_valid, p, path, n, quiet=False, model=name, cache_dir=cache_dir,
+                timeout=None if left is None else left + max(60., 0.05*left),
+                deadline=None if left is None else time.time() + left)
+    except Exception as e:
+        log.warning(f'{name}: the DDP run failed or was cut short ({str(e).splitlines()[0]}); going on in this process')
+
+def fit_model(name, imgs, split:Split, p:Preset, *, path=None, budget=None, reserve=0., cache_dir=None):
+    "Model `name` trained on the split's training rows (on every GPU), its epoch chosen on the held-out known photos"
+    if name in ('arcface', 'siamese') and path is not None and ddp_procs(p) > 1:
+        _fit_on_gpus(name, imgs, split, p, path=path, budget=budget, reserve=reserve, cache_dir=cache_dir)
+    return MODELS[name].fit(imgs, split.ids, split.train, valid_idx=split.valid_known, preset=p, path=path,
+                            budget=budget, cache_dir=cache_dir, reserve=reserve)
+
+# %% ../nbs/07_pipeline.ipynb #054f6b78
+def score_views(spec, model, imgs, crops, split:Split, p:Preset) -> Scored:
+    "Whale scores of `model`, plain and re-ranked: held-out photos against the training gallery, test crops against all"
+    feats = spec.features(model, imgs, tta=p.tta, idxs=split.rows)      # no other photo is compared
+    sc = Scored(model, feats, [], {}, {}, [], None)
+    betas = [0.] + (list(p.rerank_beta) if p.rerank and len(split.valid) else [])
+    k, ids, whales = p.rerank_k, split.ids, split.whales
+    reduce = lambda s, rows: reduce_by_id(s, ids[rows], whales, p.reduce)[0]
+    s_valid = spec.similarity(model, sc.rows(split, split.valid), sc.rows(split, split.train_gallery))
+    sc.test = {b: 0. for b in betas}
+    for c,crop in enumerate(crops):                                    # TTA over the test crops
+        sc.test_feats.append(spec.features(model, crop, tta=p.tta))
+        s = spec.similarity(model, sc.test_feats[-1], sc.rows(split, split.gallery))
+        if c == 0:   # how near each gallery photo sits to the test photos (their pictures, not their answers)
+            pos = np.searchsorted(split.gallery, split.train_gallery)
+            hub = topk_mean(s, k, axis=0); hub_train = hub[pos]
+            sc.test_train = reduce(s[:, pos], split.train_gallery)
+            near_valid = topk_mean(s_valid, k) if len(betas) > 1 else None
+            for b in betas:
+                sc.valid[b] = reduce(csls(s_valid, near_valid, hub_train, b) if b else s_valid, split.train_gallery)
+        near_test = topk_mean(s, k) if len(betas) > 1 else None          # each neighbourhood once, for every strength
+        sc.test_crops.append(reduce(s, split.gallery))
+        for b in betas:
+            crop_b = reduce(csls(s, near_test, hub, b), split.gallery) if b else sc.test_crops[-1]
+            sc.test[b] = sc.test[b] + crop_b/len(crops)
+    return sc
+
+# %% ../nbs/07_pipeline.ipynb #c9f74c84
+def _pseudo(spec, sc:Scored, split:Split, plain, *, conf, make, reduce):
+    "`plain` rescored with the test photos named with probability ≥ `conf` (and above the threshold) in the gallery"
+    # validation: names from the training gallery alone, else a held-out photo would vouch for itself
+    rows,named = _confident(to_prob(sc.test_train, plain.ab), split.whales, conf, plain.thr)
+    if not len(rows): return None
+    su = spec.similarity(sc.model, sc.rows(split, split.valid), sc.test_feats[0][rows])
+    valid = _join(sc.valid[0.], split.count(split.train_gallery), su, named, split.whales, reduce)
+    # test: names from the whole gallery; each named photo joins it as its crop 0, and is no evidence for itself
+    rows,named = _confident(plain.pt, plain.test.ids, conf, plain.thr)
+    test, per_whale = 0., split.count(split.gallery)
+    for tf,r in zip(sc.test_feats, sc.test_crops):     # each crop's plain whale scores: no second pass over the gallery
+        su = spec.similarity(sc.model, tf, sc.test_feats[0][rows]); su[rows, np.arange(len(rows))] = -np.inf
+        test = test + _join(r, per_whale, su, named, split.whales, reduce)/len(sc.test_feats)
+    return make(valid, test, dict(pseudo=dict(conf=conf, n=int(len(rows)))))
+
+def extras(spec, sc:Scored, split:Split, p:Preset, make) -> tuple:
+    "The plain `ModelScores` of `sc`, and one per extra to try on validation: re-ranking, class centres, pseudo-labels"
+    plain = make(sc.valid[0.], sc.test[0.], {})
+    cands = [make(sc.valid[b], sc.test[b], dict(rerank=b)) for b in list(sc.valid)[1:]]
+    if spec.centres is not None and p.centres and len(split.valid):     # the classifier's own view, averaged in
+        mix = lambda s, f: _with_centres(s, *spec.centres(sc.model, f), split.whales)
+        test = sum(mix(r, tf) for r,tf in zip(sc.test_crops, sc.test_feats))/len(sc.test_feats)
+        cands.append(make(mix(sc.valid[0.], sc.rows(split, split.valid)), test, dict(centres=True)))
+    if p.pseudo and len(split.valid):
+        joined = (_pseudo(spec, sc, split, plain, conf=c, make=make, reduce=p.reduce) for c in p.pseudo_conf)
+        cands += [o for o in joined if o is not None]
+    return plain, cands
+
+# %% ../nbs/07_pipeline.ipynb #6a7d444e
+def _aps(m) -> np.ndarray: return query_aps(m.pv, m.valid.ids, m.truth, m.thr)
+def _extra(m) -> dict: return {k:v for k,v in m.info.items() if k in ('rerank', 'pseudo', 'centres') and v}
+
+def keep_best(name, plain, cands, z:float):
+    "The best of `cands` on validation if it beats `plain` by more than `z` standard errors of the paired gain; `plain`"
+    if not cands: return plain
+    best = max(cands, key=lambda m: m.map_valid)
+    keep,gain,se = beats(_aps(best), _aps(plain), z)
+    tried = ', '.join(f'{_extra(m)} {m.map_valid:.4f}' for m in cands)
+    log.info(f"{name}: best extra {_extra(best)} {'kept' if keep else 'not kept'}: "
+             f"validation MAP@5 {plain.map_valid:.4f} -> {best.map_valid:.4f}, "
+             f"paired gain {gain:+.4f} ± {se:.4f} (tried: {tried})")
+    return best if keep else plain
+
+# %% ../nbs/07_pipeline.ipynb #f33a356f
+def pseudo_round(spec, sc:Scored, split:Split, p:Preset, *, kept, plain, cands, imgs, crops, rescore, path=None,
+                 budget=None, reserve=0.):
+    "(`ModelScores`, `Scored`) of a second round of training on confident test photos if it beats `kept`, else None"
+    if budget is not None and budget.left - reserve < 60:
+        log.info(f'{spec.name}: {budget.left:.0f}s left, no time for a pseudo-label round'); return None
+    tried = [m for m in cands if m.info.get('pseudo')]     # the confidence whose gallery half did best on validation
+    conf = max(tried, key=lambda m: m.map_valid).info['pseudo']['conf'] if tried else p.pseudo_conf[0]
+    rows,named = _confident(to_prob(sc.test_train, plain.ab), split.whales, conf, plain.thr)   # training gallery
+    if not len(rows): return None
+    model = spec.pseudo_fit(sc.model, imgs, split.ids, split.train, crops[0], rows, named, preset=p, path=path,
+                            budget=budget, reserve=reserve)
+    info = dict(conf=conf, n=int(len(rows)))
+    ms, cands, sc2 = rescore(model, {'kept': getattr(model, 'kept', None), 'pseudo_round': info})
+    best = max([ms] + cands, key=lambda m: m.map_valid)
+    keep,gain,se = beats(_aps(best), _aps(kept), p.select_z)
+    log.info(f"{spec.name}: pseudo-label round ({info['n']} test photos at confidence {conf}) "
+             f"{'kept' if keep else 'not kept'}: validation MAP@5 {kept.map_valid:.4f} -> {best.map_valid:.4f} "
+             f"(with {_extra(best) or 'no extra'}), paired gain {gain:+.4f} ± {se:.4f}")
+    return (best, sc2) if keep else None
+
+# %% ../nbs/07_pipeline.ipynb #4137526a
+def new_whale_twins(spec, sc:Scored, ms, imgs, split:Split, p:Preset):
+    "`ms` with `new_whale` first for photos leaning towards a new_whale photo more than any known held-out photo does"
+    known_valid = np.isin(np.asarray(ms.truth, dtype=object), ms.valid.ids)
+    need = math.ceil(1/p.new_twins - 1 - 1e-9)    # how many bound the share of known test photos moved by `new_twins`
+    if known_valid.sum() < need:
+        log.info(f"{spec.name}: new_whale twins not looked for: {known_valid.sum()} known validation photos, and "
+                 f"bounding the share of known test photos put behind new_whale by {p.new_twins} takes {need}")
+        return ms
+    new_valid = np.intersect1d(split.new, split.valid)
+    feats_new = spec.features(sc.model, imgs, tta=p.tta, idxs=split.train_new)     # the training new_whale photos
+    near = lambda q, g: np.asarray(spec.similarity(sc.model, q, g)).max(1)
+    lean_valid = near(sc.rows(split, split.valid), feats_new) - _best(sc.valid[0.])   # plain similarities,
+    near_test = [np.maximum(near(tf, feats_new), near(tf, sc.rows(split, new_valid))) if len(new_valid)
+                 else near(tf, feats_new) for tf in sc.test_feats]                  # whatever extra was kept
+    lean_test = sum(near_test)/len(near_test) - _best(sc.test[0.])
+    cut = float(lean_valid[known_valid].max()); up_valid, up_test = lean_valid > cut, lean_test > cut
+    log.info(f"{spec.name}: new_whale first for {up_test.sum()} of {len(up_test)} test photos (and {up_valid.sum()} "
+             f"validation ones) that sit nearer a new_whale photo, against their best whale, than any known validation "
+             f"photo does ({len(split.train_new)} training new_whale photos for validation, all {len(split.new)} for "
+             f"the test)")
+    twins = dict(cut=round(cut, 4), valid=int(up_valid.sum()), test=int(up_test.sum()))
+    return _new_first(ms, up_valid, up_test, dict(new_twins=twins))
 
 # %% ../nbs/07_pipeline.ipynb #00ac9c7d
-def score_model(name, imgs, ids, is_valid, timgs, preset:Preset, vnames, tnames, path=None, budget=None, cache_dir=None) -> ModelScores:
-    "Fit model `name` on the non-validation rows of `imgs`, then score validation and test photos (`timgs`, or a list of crops of them) against the gallery"
-    t0 = time.monotonic(); spec = MODELS[name]; p = preset
-    ids = np.asarray(ids, dtype=object); known = ids != NEW_WHALE
-    tr, va = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
+def score_model(name, imgs, split:Split, timgs, preset:Preset, *, path=None, budget=None, cache_dir=None):
+    "`ModelScores` of model `name` fitted on the split's rows of `imgs`: held-out and test photos (`timgs`, or crops)"
+    t0, spec, p = time.monotonic(), MODELS[name], preset
+    crops = timgs if isinstance(timgs, list) else [timgs]
     reserve = 0.1*budget.left if budget is not None and math.isfinite(budget.left) else 0.
-    if name in ('arcface', 'siamese') and path is not None and (n := ddp_procs(p)) > 1:   # on every GPU; the fit below loads it
-        left = None if budget is None or not math.isfinite(budget.left) else max(budget.left - reserve, 1.)
-        try:                  # the ranks plan and stop by the deadline themselves; the kill after a grace period is for a hung one
-            log.info(f'{name}: training on {n} DDP processes')
-            fit_ddp(imgs, ids, is_valid, p, path, n, timeout=None if left is None else left + max(60., 0.05*left), quiet=False,
-                    model=name, deadline=None if left is None else time.time() + left, cache_dir=cache_dir)
-        except Exception as e: log.warning(f'{name}: the {n}-process DDP run failed or was cut short ({str(e).splitlines()[0]}); going on in this process')
-    model = spec.fit(imgs, ids, tr, valid_idx=va[known[va]], preset=p, path=path, budget=budget, cache_dir=cache_dir, reserve=reserve)
-    gal, gtr = np.flatnonzero(known), np.flatnonzero(known & ~is_valid)
-    nwa, nwt = np.flatnonzero(~known), np.flatnonzero(~known & ~is_valid)    # new_whale photos: all of them, the training ones
-    use_nw = p.new_twins > 0 and len(va) > 0 and len(nwt) > 0
-    all_ids = sorted(set(ids[known])); need = np.union1d(gal, va)
-    sels = [o for o in getattr(model, 'selectors', [getattr(model, 'selector', None)]) if o is not None]   # one per training phase
+    model = fit_model(name, imgs, split, p, path=path, budget=budget, reserve=reserve, cache_dir=cache_dir)
+    sels = [o for o in getattr(model, 'selectors', [getattr(model, 'selector', None)]) if o is not None]  # one a phase
     info = dict(kept=getattr(model, 'kept', None), curve=[round(float(c), 4) for o in sels for c in o.curve],
                 step0=None if not sels or sels[0].base is None else round(float(sels[0].base.mean()), 4),
-                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None, centres=False, pseudo_round=None, new_twins=None)
-    crops = timgs if isinstance(timgs, list) else [timgs]
-
-    def score_all(model, info):
-        "The plain scores of `model`, every extra tried on validation, the test's whale scores against the training gallery alone, and the features it compared"
-        f = spec.features(model, imgs, tta=p.tta, idxs=need)         # the gallery and validation photos: no other one is compared
-        ft = lambda rows: f[np.searchsorted(need, rows)]
-        betas = [0.] + (list(p.rerank_beta) if p.rerank and len(va) else [])
-        k = p.rerank_k; sv, st, tfs, rts = {}, {b: 0. for b in betas}, [], []
-        s_v = spec.similarity(model, ft(va), ft(gtr))
-        for c,t in enumerate(crops):                                          # TTA over the test crops
-            tfs.append(spec.features(model, t, tta=p.tta)); s = spec.similarity(model, tfs[-1], ft(gal))
-            if c == 0:   # how near each gallery photo sits to the test photos (their pictures, not their answers)
-                pos = np.searchsorted(gal, gtr); r_g = topk_mean(s, k, axis=0); r_gtr = r_g[pos]
-                st_tr = reduce_by_id(s[:, pos], ids[gtr], all_ids, p.reduce)[0]     # test against the training gallery alone
-                r_v = topk_mean(s_v, k) if len(betas) > 1 else None
-                for b in betas: sv[b] = reduce_by_id(csls(s_v, r_v, r_gtr, b) if b else s_v, ids[gtr], all_ids, p.reduce)[0]
-            r_t = topk_mean(s, k) if len(betas) > 1 else None                  # each neighbourhood once, whatever the betas
-            rts.append(reduce_by_id(s, ids[gal], all_ids, p.reduce)[0])
-            for b in betas: st[b] = st[b] + (reduce_by_id(csls(s, r_t, r_g, b), ids[gal], all_ids, p.reduce)[0] if b else rts[-1])/len(crops)
-        fit = lambda v, t, extra: ModelScores.fit(name, ScoreMatrix(vnames, all_ids, v), list(ids[va]), ScoreMatrix(tnames, all_ids, t),
-                                                  time.monotonic() - t0, {**info, **extra})
-        ms = fit(sv[0.], st[0.], {})
-        cands = [fit(sv[b], st[b], dict(rerank=b)) for b in betas[1:]]
-        if spec.centres is not None and p.centres and len(va):    # the classifier's own view, averaged in
-            mix = lambda s, f: _with_centres(s, *spec.centres(model, f), all_ids)
-            cands.append(fit(mix(sv[0.], ft(va)), sum(mix(r, tf) for r,tf in zip(rts, tfs))/len(tfs), dict(centres=True)))
-        if p.pseudo and len(va):
-            pt_tr = to_prob(st_tr, ms.ab)
-            cands += [o for o in (_pseudo(spec, model, ms, conf, pt_tr, sv[0.], ft(va), tfs, rts, ids, gal, gtr, all_ids, p.reduce, fit)
-                                  for conf in p.pseudo_conf) if o is not None]
-        return ms, cands, st_tr, (model, ft, tfs, sv[0.], st[0.])
-
-    aps = lambda m: query_aps(m.pv, m.valid.ids, m.truth, m.thr)
-    what = lambda m: {k_:v for k_,v in m.info.items() if k_ in ('rerank', 'pseudo', 'centres') and v}
-    ms0, cands, st_tr, nws = score_all(model, info); ms = ms0
-    if cands:                            # re-ranking or pseudo-labels only when validation says so, by more than its noise
-        best = max(cands, key=lambda m: m.map_valid)
-        keep,g,se = beats(aps(best), aps(ms0), p.select_z)
-        tried = ', '.join(f'{what(m)} {m.map_valid:.4f}' for m in cands)
-        log.info(f"{name}: best extra {what(best)} {'kept' if keep else 'not kept'}: validation MAP@5 {ms0.map_valid:.4f} -> "
-                 f"{best.map_valid:.4f}, paired gain {g:+.4f} ± {se:.4f} (tried: {tried})")
-        if keep: ms = best
-    if p.pseudo_round > 0 and spec.pseudo_fit is not None and len(va):
-        if budget is not None and budget.left - reserve < 60:
-            log.info(f'{name}: {budget.left:.0f}s left, no time for a pseudo-label round')
-        else:   # the rule: the confidence whose gallery pseudo-labels did best on validation; names from the training gallery
-            pc = [m for m in cands if m.info.get('pseudo')]
-            conf = max(pc, key=lambda m: m.map_valid).info['pseudo']['conf'] if pc else p.pseudo_conf[0]
-            u,lab = _confident(to_prob(st_tr, ms0.ab), all_ids, conf, ms0.thr)
-            if len(u):
-                m2 = spec.pseudo_fit(model, imgs, ids, tr, crops[0], u, lab, preset=p, path=path, budget=budget, reserve=reserve)
-                r2 = dict(conf=conf, n=int(len(u)))
-                ms2, c2, _, nws2 = score_all(m2, {**info, 'kept':getattr(m2, 'kept', None), 'pseudo_round':r2})
-                best = max([ms2] + c2, key=lambda m: m.map_valid)
-                keep,g,se = beats(aps(best), aps(ms), p.select_z)
-                log.info(f"{name}: pseudo-label round ({r2['n']} test photos at confidence {conf}) {'kept' if keep else 'not kept'}: "
-                         f"validation MAP@5 {ms.map_valid:.4f} -> {best.map_valid:.4f} (with {what(best) or 'no extra'}), "
-                         f"paired gain {g:+.4f} ± {se:.4f}")
-                if keep: ms, nws = best, nws2
-    vk = np.isin(np.asarray(ms.truth, dtype=object), ms.valid.ids)   # the known validation photos
-    n_vk = math.ceil(1/p.new_twins - 1 - 1e-9) if use_nw else 0      # how many bound the share of known test photos moved by `new_twins`
-    if use_nw and vk.sum() < n_vk:
-        log.info(f"{name}: new_whale twins not looked for: {vk.sum()} known validation photos, and bounding the share of known "
-                 f"test photos put behind new_whale by {p.new_twins} takes {n_vk}")
-    elif use_nw:   # new_whale twins (see above): the cut is the known validation photos' largest lean
-        (m_, ft, tfs, sv0, st0), nwv = nws, np.intersect1d(nwa, va)
-        fn = spec.features(m_, imgs, tta=p.tta, idxs=nwt)              # the training new_whale photos, for the kept model only
-        near = lambda q, g: np.asarray(spec.similarity(m_, q, g)).max(1)
-        nv = near(ft(va), fn)                                            # validation: against the training ones
-        nt = sum(np.maximum(near(tf, fn), near(tf, ft(nwv))) if len(nwv) else near(tf, fn) for tf in tfs)/len(tfs)   # test: every one
-        dv, dt = nv - _best(sv0), nt - _best(st0)                       # both plain similarities, whatever extra was kept
-        cut = float(dv[vk].max()); up_v, up_t = dv > cut, dt > cut
-        ms = _new_first(ms, up_v, up_t, dict(new_twins=dict(cut=round(cut, 4), valid=int(up_v.sum()), test=int(up_t.sum()))))
-        log.info(f"{name}: new_whale first for {up_t.sum()} of {len(up_t)} test photos (and {up_v.sum()} validation ones) that sit nearer a "
-                 f"new_whale photo, against their best whale, than any known validation photo does ({len(nwt)} training new_whale photos "
-                 f"for validation, all {len(nwa)} for the test)")
+                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None, centres=False, pseudo_round=None,
+                new_twins=None)
+    def rescore(model, extra={}):
+        "The plain scores of `model`, the extras to try, and the `Scored` behind them"
+        make = lambda v, t, more: ModelScores.fit(name, ScoreMatrix(split.vnames, split.whales, v),
+                                                  list(split.ids[split.valid]),
+                                                  ScoreMatrix(split.tnames, split.whales, t), time.monotonic() - t0,
+                                                  {**info, **extra, **more})
+        sc = score_views(spec, model, imgs, crops, split, p)
+        return (*extras(spec, sc, split, p, make), sc)
+    plain, cands, sc = rescore(model)
+    ms = keep_best(name, plain, cands, p.select_z)   # an extra only when validation says so, beyond its noise
+    if p.pseudo_round > 0 and spec.pseudo_fit is not None and len(split.valid):
+        r = pseudo_round(spec, sc, split, p, kept=ms, plain=plain, cands=cands, imgs=imgs, crops=crops, rescore=rescore,
+                         path=path, budget=budget, reserve=reserve)
+        if r is not None: ms, sc = r
+    if p.new_twins > 0 and len(split.valid) and len(split.train_new): ms = new_whale_twins(spec, sc, ms, imgs, split, p)
     ms.secs = time.monotonic() - t0
     return ms
 
@@ -199,18 +286,19 @@ class EpochLines(Callback):
     order = 60
     def before_fit(self):
         self.old = self.learn.logger
-        if self.old is print: self.learn.logger = self._line      # not where another callback silenced it (DDP ranks > 0)
+        if self.old is print: self.learn.logger = self._line      # not where another callback silenced it (DDP ranks)
     def _line(self, log):
         names = list(self.recorder.metric_names)
         if len(names) != len(log) or names[0] != 'epoch': return print(log, flush=True)
         fmt = lambda v: '-' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
         vals = ', '.join(f'{n} {fmt(v)}' for n,v in zip(names[1:-1], log[1:-1]))
-        print(f'epoch {log[0]}: {vals} ({log[-1]})' if names[-1] == 'time' else f'epoch {log[0]}: {vals}, {names[-1]} {fmt(log[-1])}', flush=True)
+        last = f' ({log[-1]})' if names[-1] == 'time' else f', {names[-1]} {fmt(log[-1])}'
+        print(f'epoch {log[0]}: {vals}{last}', flush=True)
     def after_fit(self): self.learn.logger = self.old
 
 @contextmanager
 def quiet_bars(quiet:bool|None=None):
-    "Without fastai's progress bars (one named line per epoch instead, `EpochLines`) while in the block, when `quiet` (default: stdout is no terminal)"
+    "No fastai progress bars (a line per epoch instead, `EpochLines`) in the block, when `quiet` (default: no terminal)"
     from fastai.callback.progress import ProgressCallback
     quiet = (not sys.stdout.isatty()) if quiet is None else quiet
     old = defaults.callbacks
@@ -230,7 +318,8 @@ def _repeated(ids) -> int:
 def _no_pairs(ids) -> str|None:
     "Why training labels `ids` give the Siamese no pair of the same whale or none of two different ones (None: they do)"
     if not _repeated(ids): return 'no whale has two train photos, so there is no pair of the same whale to learn from'
-    if pd.Series(ids).nunique() < 2: return 'every train photo shows the same whale, so there is no pair of different whales to learn from'
+    if pd.Series(ids).nunique() < 2:
+        return 'every train photo shows the same whale, so there is no pair of different whales to learn from'
 
 def _fmt(x:float) -> str: return 'n/a (no validation split)' if math.isnan(x) else f'{x:.4f}'
 
@@ -242,25 +331,136 @@ def _check_out(out:Path):
     out.mkdir(parents=True, exist_ok=True)
 
 def _publish(out:Path, to, names=('submission.csv',)):
-    "Copy `names` of `out` into the folder `to` (None: nowhere), each through a temporary file, so a kill never leaves half a file there"
+    "Copy `names` of `out` into folder `to` (None: nowhere) through temporary files: a kill never leaves half a file"
     if to is None: return
     to = Path(to); to.mkdir(parents=True, exist_ok=True)
     for n in names:
         if (out/n).is_file(): shutil.copy2(out/n, to/f'.{n}.tmp'); os.replace(to/f'.{n}.tmp', to/n)
 
-def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, time_budget:float|None=None, n_whales:int|None=None,
-        seed:int|None=None, quiet:bool|None=None, boxes=None, publish=None, **overrides) -> dict:
-    "Train `models` on the competition in `data` (None: a synthetic one made in `out/data`), blend, write `out/submission.csv` (and, as each model finishes, `publish/`)"
+def run(data=None, out='whale_run', preset='cpu', models=MODEL_NAMES, *, time_budget:float|None=None,
+        n_whales:int|None=None, seed:int|None=None, quiet:bool|None=None, boxes=None, publish=None,
+        **overrides) -> dict:
+    "Train `models` on competition `data` (None: a synthetic one), blend, write `out/submission.csv` (and to `publish`)"
     out = Path(out); _check_out(out)
     bad = [m for m in models if m not in MODELS]
     if bad: raise ValueError(f'unknown model(s) {bad}; choose from {list(MODELS)}')
     p = get_preset(preset, **overrides)
     if seed is not None: p = dataclasses.replace(p, seed=seed)
-    p = check_weights(p, models)                   # before any photo is read: no run trains from random init by accident
-    with hold(out): return _run(data, out, p, models, TimeBudget(time_budget if time_budget is not None else p.time_budget),
-                                n_whales=n_whales, quiet=quiet, boxes=boxes, publish=publish)
+    p = check_weights(p, models)           # before any photo is read: no run trains from random init by accident
+    budget = TimeBudget(time_budget if time_budget is not None else p.time_budget)
+    with hold(out):
+        return _run(data, out, p, models, budget, n_whales=n_whales, quiet=quiet, boxes=boxes, publish=publish)
 
-def _run(data, out:Path, p:Preset, models, budget:TimeBudget, *, n_whales=None, quiet=None, boxes=None, publish=None) -> dict:
+# %% ../nbs/07_pipeline.ipynb #9a4ed84b
+@dataclass
+class Photos:
+    "A run's competition, read and cached: train and test frames, the input `size`, the train photos and the test crops"
+    data:Path
+    train:pd.DataFrame
+    test:pd.DataFrame
+    size:tuple
+    imgs:object                     # uint8 (N,H,W,3), memory-mapped
+    crops:list                      # the test photos at each box margin (one array without boxes)
+    cache:Path
+
+def read_photos(data, out:Path, p:Preset, boxes=None) -> Photos:
+    "Read the competition `data` (boxes from `boxes`), merge duplicate photos, cache the photos at the run's size"
+    comp = read_competition(data, boxes)
+    log.info(str(comp))
+    train = merge_duplicates(comp.train)
+    size = p.size if p.size != 'auto' else auto_size(train, p.pixels)
+    if p.size == 'auto':
+        log.info(f'input size {size[0]}x{size[1]} (median aspect of the train photos, {p.pixels} pixels)')
+    cache, workers = out/'cache', max(p.workers, 2)
+    imgs, ok = cache_images(train, size, cache, workers=workers, name='train', equalize=p.equalize)
+    if not ok.all():
+        log.warning(f'dropping {(~ok).sum()} unreadable training photo(s)')
+        train = train[ok].reset_index(drop=True); imgs = np.asarray(imgs)[ok]
+    timgs, tok = cache_images(comp.test, size, cache, workers=workers, name='test', equalize=p.equalize)
+    if not tok.all(): log.warning(f'{(~tok).sum()} unreadable test photo(s) predicted from a grey placeholder')
+    crops = [timgs]
+    if p.box_tta and comp.test.x0.notna().any():   # the seed's box-scale TTA: the box at its margin and two others
+        crops += [cache_images(comp.test, size, cache, margin=m, workers=workers, name=f'test_m{m}',
+                               equalize=p.equalize)[0] for m in (0., 0.15)]
+    return Photos(Path(data), train, comp.test, tuple(size), imgs, crops, cache)
+
+def make_split(ph:Photos, p:Preset) -> Split:
+    "The run's validation split (`valid_split`), said in the log when there is none to hold out"
+    is_valid = valid_split(ph.train, seed=p.seed)
+    if not (is_valid & (ph.train.Id.values != NEW_WHALE)).any():
+        n2 = _repeated(ph.train.Id)
+        log.warning(f"{'no whale has' if n2 == 0 else f'only {n2} whale(s) have'} two train photos, too few to "
+                    'hold out a validation split: nothing is chosen on validation (the learners keep their last epoch, '
+                    'no extra is tried, the blend weighs the models equally, and new_whale comes first for the '
+                    'leaderboard\'s 27.6% of test photos)')
+    return Split(ph.train.Id.values, is_valid, list(ph.train.Image[is_valid]), list(ph.test.Image))
+
+# %% ../nbs/07_pipeline.ipynb #197c0258
+def _scores_of(name, ph:Photos, split:Split, p:Preset, out:Path, *, budget:TimeBudget, n_left:int, stages):
+    "Model `name`'s `ModelScores`: reused if this run made them before, else fitted in its share of `budget` (`n_left`)"
+    fp = _fingerprint(__version__, name, dataclasses.asdict(p), list(ph.size), list(ph.train.Image), list(ph.train.Id),
+                      split.tnames, split.is_valid.tolist())
+    fn = out/'scores'/f'{name}_{fp}.npz'
+    if fn.exists():
+        log.info(f'{name}: reusing finished scores {fn}'); return ModelScores.load(fn)
+    if name == 'siamese' and (why := _no_pairs(split.ids[split.train])):
+        log.warning(f'siamese: skipped, {why}'); return None
+    if (left := budget.left) < 10:
+        log.warning(f'{name}: skipped, the time budget is spent ({left:.0f}s left)'); return None
+    share = TimeBudget(None if math.isinf(left) else left/n_left/60)     # an equal share of what is left
+    try:
+        with stages(name):
+            s = score_model(name, ph.imgs, split, ph.crops, p, path=out/'models'/name, budget=share, cache_dir=ph.cache)
+    except (CompetitionError, KeyboardInterrupt): raise
+    except Exception as e:
+        log.error(f'{name}: failed ({type(e).__name__}: {e}); the run goes on without it'); return None
+    fn.parent.mkdir(exist_ok=True); tmp = fn.with_name(fn.stem + '.tmp.npz'); s.save(tmp); tmp.replace(fn)
+    return s
+
+def fit_all(models, ph:Photos, split:Split, p:Preset, out:Path, budget:TimeBudget, *, stages, publish=None) -> tuple:
+    "(scores, their submissions, the blend): each model in turn, the blend's submission rewritten after each"
+    res, subs, ens = [], {}, None
+    for i,name in enumerate(models):
+        s = _scores_of(name, ph, split, p, out, budget=budget, n_left=len(models) - i, stages=stages)
+        if s is None: continue
+        kept = s.info.get("kept") or "-"
+        print(f'{name}: validation MAP@5 = {_fmt(s.map_valid)} (kept {kept}, {s.secs:.0f}s)', flush=True)
+        res.append(s)
+        subs[name] = write_submission(out/f'submission_{name}.csv', split.tnames, predict_top5(s.pt, s.test.ids, s.thr))
+        ens = blend(res)                          # the blend of what has finished so far
+        write_submission(out/'submission.csv', split.tnames, predict_top5(ens.pt, ens.test.ids, ens.thr))
+        _publish(out, publish)                    # a kill from here on still leaves this answer where it is kept
+    if not res:            # still a valid submission: new_whale, then the commonest whales
+        ids = split.ids; top = pd.Series(ids[ids != NEW_WHALE]).value_counts().index[:4].tolist()
+        write_submission(out/'submission.csv', split.tnames, [[NEW_WHALE] + top]*len(split.tnames))
+        _publish(out, publish)
+        raise RunError(f'no model finished (see the log above); {out/"submission.csv"} holds the fallback answer, '
+                       f'new_whale then the {len(top)} commonest whales')
+    return res, subs, ens
+
+# %% ../nbs/07_pipeline.ipynb #7e42db22
+def summarize(res, subs, ens, ph:Photos, split:Split, *, p:Preset, out:Path, secs:dict, stages) -> dict:
+    "The run's `summary.json`: figures of each model and the blend, test MAP@5 (with `solution.csv`), each stage's cost"
+    if len(res) > 1:
+        w, a = ens.info['weights'], ens.info['alpha']
+        print(f'blend: validation MAP@5 = {_fmt(ens.map_valid)} (weights {w}, alpha {a})', flush=True)
+    test_maps, sol = {}, ph.data/'solution.csv'
+    if sol.exists():
+        for s in res: test_maps[s.name] = score_submission(subs[s.name], sol)
+        if len(res) > 1: test_maps['blend'] = score_submission(out/'submission.csv', sol)
+    every = res + ([ens] if len(res) > 1 else [])
+    key = lambda s: 'blend' if s is ens and len(res) > 1 else s.name
+    return dict(data=str(ph.data), preset=p.name, size=list(ph.size), models=[s.name for s in res],
+                n_train=len(ph.train), n_valid=int(split.is_valid.sum()), n_test=len(ph.test), **secs,
+                valid={key(s): None if math.isnan(s.map_valid) else round(s.map_valid, 4) for s in every},
+                thr={key(s): round(s.thr, 4) for s in every},
+                secs={s.name: round(s.secs, 1) for s in res}, kept={s.name: s.info.get('kept') for s in res},
+                blend=ens.info.get('weights') and dict(weights=ens.info['weights'], alpha=ens.info['alpha']),
+                test=({k: round(v, 4) for k,v in test_maps.items()} or None), stages=stages.rec)
+
+def _run(data, out:Path, p:Preset, models, budget:TimeBudget, *, n_whales=None, quiet=None, boxes=None,
+         publish=None) -> dict:
+    "`run` in the output folder `out` it holds: read and cache the photos, fit and score each model, blend, report"
     seed_everything(p.seed)
     t0 = time.monotonic(); stages = StageLog()
     if data is None:
@@ -269,85 +469,22 @@ def _run(data, out:Path, p:Preset, models, budget:TimeBudget, *, n_whales=None, 
         if not (data/'solution.csv').exists():
             log.info(f'no --data: writing the synthetic default competition to {data}')
             make_synth(data, **({} if n_whales is None else dict(n_whales=n_whales)), seed=p.seed)
-    with stages('data'):
-        comp = read_competition(data, boxes)
-        log.info(str(comp))
-        train = merge_duplicates(comp.train)
-        size = p.size if p.size != 'auto' else auto_size(train, p.pixels)
-        if p.size == 'auto': log.info(f'input size {size[0]}x{size[1]} (median aspect of the train photos, {p.pixels} pixels)')
-        cache = out/'cache'
-        imgs, ok = cache_images(train, size, cache, workers=max(p.workers, 2), name='train', equalize=p.equalize)
-        if not ok.all():
-            log.warning(f'dropping {(~ok).sum()} unreadable training photo(s)')
-            train = train[ok].reset_index(drop=True); imgs = np.asarray(imgs)[ok]
-        timgs, tok = cache_images(comp.test, size, cache, workers=max(p.workers, 2), name='test', equalize=p.equalize)
-        if not tok.all(): log.warning(f'{(~tok).sum()} unreadable test photo(s) predicted from a grey placeholder')
-        if p.box_tta and comp.test.x0.notna().any():   # the seed's box-scale TTA: the box at its margin and two others
-            timgs = [timgs] + [cache_images(comp.test, size, cache, margin=m, workers=max(p.workers, 2), name=f'test_m{m}',
-                                            equalize=p.equalize)[0] for m in (0., 0.15)]
-    is_valid = valid_split(train, seed=p.seed)
-    if not (is_valid & (train.Id.values != NEW_WHALE)).any():
-        n2 = _repeated(train.Id)
-        log.warning(f"{'no whale has' if n2 == 0 else f'only {n2} whale(s) have'} two train photos, too few to hold out a validation split: "
-                    'nothing is chosen on validation '
-                    '(the learners keep their last epoch, no extra is tried, the blend weighs the models equally, and new_whale '
-                    'comes first for the leaderboard\'s 27.6% of test photos)')
-    vnames, tnames = list(train.Image[is_valid]), list(comp.test.Image)
-    ids = train.Id.values.astype(object)
+    with stages('data'): ph = read_photos(data, out, p, boxes)
+    split = make_split(ph, p)
     t_data = time.monotonic() - t0
-    res, subs, ens = [], {}, None
-    with quiet_bars(quiet):
-        for i,name in enumerate(models):
-            fp = _fingerprint(__version__, name, dataclasses.asdict(p), list(size), list(train.Image), list(train.Id), tnames, is_valid.tolist())
-            fn = out/'scores'/f'{name}_{fp}.npz'
-            if fn.exists():
-                s = ModelScores.load(fn); log.info(f'{name}: reusing finished scores {fn}')
-            else:
-                left = budget.left
-                if name == 'siamese' and (why := _no_pairs(ids[~is_valid])):
-                    log.warning(f'siamese: skipped, {why}'); continue
-                if left < 10:
-                    log.warning(f'{name}: skipped, the time budget is spent ({left:.0f}s left)'); continue
-                mb = TimeBudget(None if math.isinf(left) else left/(len(models) - i)/60)
-                try:
-                    with stages(name): s = score_model(name, imgs, ids, is_valid, timgs, p, vnames, tnames, path=out/'models'/name,
-                                                       budget=mb, cache_dir=cache)
-                except (CompetitionError, KeyboardInterrupt): raise
-                except Exception as e:
-                    log.error(f'{name}: failed ({type(e).__name__}: {e}); the run goes on without it'); continue
-                fn.parent.mkdir(exist_ok=True); tmp = fn.with_name(fn.stem + '.tmp.npz'); s.save(tmp); tmp.replace(fn)
-            print(f'{name}: validation MAP@5 = {_fmt(s.map_valid)} (kept {s.info.get("kept") or "-"}, {s.secs:.0f}s)', flush=True)
-            res.append(s)
-            subs[name] = write_submission(out/f'submission_{name}.csv', tnames, predict_top5(s.pt, s.test.ids, s.thr))
-            ens = blend(res)                          # the blend of what has finished so far
-            write_submission(out/'submission.csv', tnames, predict_top5(ens.pt, ens.test.ids, ens.thr))
-            _publish(out, publish)                    # a kill from here on still leaves this answer where it is kept
-    if not res:            # still a valid submission: new_whale, then the commonest whales
-        top = pd.Series(ids[ids != NEW_WHALE]).value_counts().index[:4].tolist()
-        write_submission(out/'submission.csv', tnames, [[NEW_WHALE] + top]*len(tnames)); _publish(out, publish)
-        raise RunError(f'no model finished (see the log above); {out/"submission.csv"} holds the fallback answer, '
-                       f'new_whale then the {len(top)} commonest whales')
-    if len(res) > 1:
-        print(f'blend: validation MAP@5 = {_fmt(ens.map_valid)} (weights {ens.info["weights"]}, alpha {ens.info["alpha"]})', flush=True)
-    test_maps = {}
-    sol = Path(data)/'solution.csv'
-    if sol.exists():
-        for s in res: test_maps[s.name] = score_submission(subs[s.name], sol)
-        if len(res) > 1: test_maps['blend'] = score_submission(out/'submission.csv', sol)
-    allr = res + ([ens] if len(res) > 1 else [])
-    summary = dict(data=str(data), preset=p.name, size=list(size), models=[s.name for s in res], n_train=len(train),
-                   n_valid=int(is_valid.sum()), n_test=len(comp.test), data_secs=round(t_data, 1),
-                   total_secs=round(time.monotonic() - t0, 1),
-                   valid={('blend' if s is ens and len(res) > 1 else s.name): None if math.isnan(s.map_valid) else round(s.map_valid, 4) for s in allr},
-                   thr={('blend' if s is ens and len(res) > 1 else s.name): round(s.thr, 4) for s in allr},
-                   secs={s.name: round(s.secs, 1) for s in res}, kept={s.name: s.info.get('kept') for s in res},
-                   blend=ens.info.get('weights') and dict(weights=ens.info['weights'], alpha=ens.info['alpha']),
-                   test=({k: round(v, 4) for k,v in test_maps.items()} or None), stages=stages.rec)
+    with quiet_bars(quiet): res, subs, ens = fit_all(models, ph, split, p, out, budget, stages=stages, publish=publish)
+    summary = summarize(res, subs, ens, ph, split, p=p, out=out, stages=stages,
+                        secs=dict(data_secs=round(t_data, 1), total_secs=round(time.monotonic() - t0, 1)))
     from whale_kernel.report import report
-    with stages('report'): report(out, res, ens, summary, train=train, imgs=imgs, timgs=timgs[0] if isinstance(timgs, list) else timgs)
+    with stages('report'): report(out, res, ens, summary, train=ph.train, imgs=ph.imgs, timgs=ph.crops[0])
+    peaks = [v['peak_rss_gb'] for v in stages.rec.values() if v['peak_rss_gb'] is not None]
+    summary['peak_rss_gb'] = max(peaks) if peaks else None        # the run's, from its stages' (each resets the mark)
     (out/'summary.json').write_text(json.dumps(summary, indent=1, default=str))   # with the report's own stage
-    _publish(out, publish, ('submission.csv', *(f'submission_{s.name}.csv' for s in res), 'report.md', 'report.png', 'summary.json'))
-    if test_maps: print(f'test MAP@5 against {sol}: ' + ', '.join(f'{k} {v:.4f}' for k,v in test_maps.items()))
-    print(f'wrote {out/"submission.csv"} ({len(comp.test)} rows) in {summary["total_secs"]:.0f}s')
+    _publish(out, publish, ('submission.csv', *(f'submission_{s.name}.csv' for s in res), 'report.md', 'report.png',
+                            'summary.json'))
+    if summary['test']:
+        figs = ', '.join(f'{k} {v:.4f}' for k,v in summary['test'].items())
+        print(f"test MAP@5 against {ph.data/'solution.csv'}: {figs}")
+    print(f'wrote {out/"submission.csv"} ({len(ph.test)} rows) in {summary["total_secs"]:.0f}s')
     print(f'validation MAP@5 = {_fmt(ens.map_valid)}')
     return summary

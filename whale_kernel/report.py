@@ -22,7 +22,8 @@ def _plots(out, res, ens, plt):
         t, m = threshold_curve(s.pv, s.valid.ids, s.truth)
         axs[0].plot(t, m, label=f'{s.name} ({s.map_valid:.3f})')
         axs[0].plot([s.thr], [s.map_valid], 'k.')
-    axs[0].set(xlabel='new_whale threshold (calibrated probability)', ylabel='validation MAP@5', title='MAP@5 against the threshold')
+    axs[0].set(xlabel='new_whale threshold (calibrated probability)', ylabel='validation MAP@5',
+               title='MAP@5 against the threshold')
     if axs[0].lines: axs[0].legend(fontsize=7)
     for s in res:
         c = s.info.get('curve') or []
@@ -41,7 +42,8 @@ def _grid(out, s, train, imgs, timgs, plt, n:int=6):
         axs[r, 0].imshow(timgs[r]); axs[r, 0].set_title(f'test: {s.test.names[r]}'[:28], fontsize=7)
         for c, lab in enumerate(labs, 1):
             ax = axs[r, c]
-            if lab == NEW_WHALE: ax.text(.5, .5, 'new_whale', ha='center', va='center', fontsize=9); ax.set_facecolor('0.9')
+            if lab == NEW_WHALE:
+                ax.text(.5, .5, 'new_whale', ha='center', va='center', fontsize=9); ax.set_facecolor('0.9')
             else: ax.imshow(imgs[first[lab]]); ax.set_title(f'{c}. {lab}', fontsize=7)
     for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout(); fig.savefig(out/'predictions.png', dpi=60); plt.close(fig)
@@ -55,8 +57,9 @@ def report(out, res, ens, summary, train=None, imgs=None, timgs=None):
     if train is not None: _grid(out, ens if len(res) > 1 else res[0], train, imgs, timgs, plt)
     (out/'summary.json').write_text(json.dumps(summary, indent=1, default=str))
     test = summary.get('test') or {}
-    rows = '\n'.join(f"| {k} | {'n/a' if v is None else f'{v:.4f}'} | {summary['thr'][k]:.3f} | {(summary.get('kept') or {}).get(k) or '-'} | "
-                     f"{test.get(k, float('nan')):.4f} |" for k, v in summary['valid'].items())
+    rows = '\n'.join(f"| {k} | {'n/a' if v is None else f'{v:.4f}'} | {summary['thr'][k]:.3f} | "
+                     f"{(summary.get('kept') or {}).get(k) or '-'} | {test.get(k, float('nan')):.4f} |"
+                     for k, v in summary['valid'].items())
     bl = summary.get('blend')
     (out/'report.md').write_text(f"""# whale_kernel run
 

@@ -74,7 +74,8 @@ class Whale:
 def make_whale(seed:int, idx:int) -> Whale:
     "The identity of whale `idx` in the world of `seed`"
     rng = rng_for(seed, 1, idx)
-    lift, curl = (rng.uniform(.05, .35) + rng.normal(0, .03, 2)).tolist(), (rng.uniform(0, .12) + rng.normal(0, .02, 2)).tolist()
+    lift, curl = ((rng.uniform(.05, .35) + rng.normal(0, .03, 2)).tolist(),
+                  (rng.uniform(0, .12) + rng.normal(0, .02, 2)).tolist())
     xs, k = np.linspace(-1, 1, 513, dtype=np.float32), np.arange(1, 13)[:, None]
     amp = rng.uniform(.003, .02)*rng.random((12, 1))/k**.6             # scallops: a random Fourier series
     edge = (amp*np.sin(np.pi*k*xs*rng.uniform(1, 3) + rng.uniform(0, 2*np.pi, (12, 1)))).sum(0)
@@ -105,7 +106,8 @@ def make_scene(rng) -> dict:
                 slope=rng.normal(0, .25), waves=(rng.uniform(.05, .2), rng.uniform(.03, .12)),
                 glint=(rng.uniform(1.6, 2.6), rng.uniform(.2, .5)), expo=rng.normal(0, .3), light=rng.normal(0, 1, 2),
                 tint=np.float32([.9, .95, 1]) + rng.normal(0, .03, 3).astype(np.float32), gamma=rng.uniform(.8, 1.25),
-                rs=rng.uniform(.35, .7), noise=rng.uniform(0, .03), gray=bool(rng.random() < .2), foam=rng.uniform(2, 3.2))
+                rs=rng.uniform(.35, .7), noise=rng.uniform(0, .03), gray=bool(rng.random() < .2),
+                foam=rng.uniform(2, 3.2))
 
 def sea(rng, h:int, w:int, scene:dict) -> np.ndarray:
     "Sea background (`h`,`w`,3) float32 in the `scene`'s colours: horizon gradient, wave streaks, glints"
@@ -117,7 +119,7 @@ def sea(rng, h:int, w:int, scene:dict) -> np.ndarray:
 
 # %% ../nbs/02_synth.ipynb #07dda443
 def homography(k:float, theta:float, cx:float, cy:float, yaw:float=0., pitch:float=0., squash:float=1.) -> np.ndarray:
-    "3x3 map from fluke coords to pixels: tilt (`yaw`, `pitch`, `squash`), scale `k`, rotate `theta`, move to (`cx`,`cy`)"
+    "Fluke coords to pixels (3x3): tilt (`yaw`, `pitch`, `squash`), scale `k`, rotate `theta`, move to (`cx`,`cy`)"
     P = np.array([[1, 0, 0], [0, squash, 0], [yaw, pitch, 1]], np.float64)
     c, s = math.cos(theta), math.sin(theta)
     return np.array([[k*c, -k*s, cx], [k*s, k*c, cy], [0, 0, 1]], np.float64) @ P
@@ -200,7 +202,8 @@ def render_photo(wh:Whale, rng, scene:dict|None=None, difficulty:float=1., size=
     squash = float(np.clip(1 + N(.15*d), .55, 1.3))
     M = homography(k, math.radians(np.clip(N(7*d), -25, 25)), cx, cy, N(.12*d), N(.1*d), squash)
     px, py = _apply(M, [-1.1, 1.1, 1.1, -1.1], [-.8, -.8, .8, .8])
-    x0, x1, y0, y1 = int(max(px.min() - 2, 0)), int(min(px.max() + 3, w)), int(max(py.min() - 2, 0)), int(min(py.max() + 3, h))
+    x0, x1, y0, y1 = (int(max(px.min() - 2, 0)), int(min(px.max() + 3, w)),
+                      int(max(py.min() - 2, 0)), int(min(py.max() + 3, h)))
     gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     x, y = (a.reshape(gx.shape) for a in _apply(np.linalg.inv(M).astype(np.float32), gx, gy))
     a, col, yw, expo = _draw_fluke(wh, x, y, 1/(k*min(squash, 1)), scene, rng, d)
@@ -242,7 +245,8 @@ def plan_competition(n_whales:int=220, seed:int=0, new_frac:float=.38, test_new_
                      new_encounter:float=.5, max_count:int|None=None) -> pd.DataFrame:
     "Who is in which photo: a DataFrame (Image, Id, split, whale, scene) for `n_whales` known whales"
     if not (0 <= new_frac < 1 and 0 <= test_new_frac < 1 and 0 < test_frac < 1 and 0 <= new_encounter <= 1):
-        raise ValueError(f'plan_competition: need 0 <= new_frac, test_new_frac < 1, 0 < test_frac < 1 and 0 <= new_encounter <= 1; '
+        raise ValueError(f'plan_competition: need 0 <= new_frac, test_new_frac < 1, 0 < test_frac < 1 '
+                         f'and 0 <= new_encounter <= 1; '
                          f'got {new_frac}, {test_new_frac}, {test_frac}, {new_encounter}')
     rng = rng_for(seed, 0)
     counts = long_tail_counts(rng, n_whales, max_count or int(np.clip(n_whales//10, 5, 73)))
@@ -286,7 +290,8 @@ def make_synth(out, n_whales:int=220, seed:int=0, difficulty:float=1., n_workers
     out, plan = Path(out), plan_competition(n_whales, seed, **kwargs)
     _check_out(out, plan, overwrite)
     for s in ('train', 'test'): (out/s).mkdir(parents=True, exist_ok=True)
-    jobs = [(out, seed, i, r.split, r.Image, int(r.whale), int(r.scene), difficulty) for i, r in enumerate(plan.itertuples())]
+    jobs = [(out, seed, i, r.split, r.Image, int(r.whale), int(r.scene), difficulty)
+            for i, r in enumerate(plan.itertuples())]
     if n_workers is None: n_workers = min(4, os.cpu_count() or 1) if len(jobs) >= 200 else 1
     if n_workers > 1:
         import multiprocessing as mp, sys

@@ -36,7 +36,7 @@ def cpu_bf16() -> bool:
     return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
 
 def amp_mode(device=None) -> str|None:
-    "'bf16' on a GPU with fast bf16 (compute capability ≥ 8) or a CPU with native bf16, 'fp16' on older GPUs (T4, P100), else None"
+    "'bf16' on GPUs with fast bf16 (CC ≥ 8) or CPUs with native bf16, 'fp16' on older GPUs (T4, P100), else None"
     d = torch.device(device) if device is not None else default_device()
     if d.type == 'cpu': return 'bf16' if cpu_bf16() else None
     if d.type != 'cuda': return None
@@ -60,7 +60,7 @@ class CPUAutocast(Callback):
     after_batch = after_loss                                     # also when the batch was cancelled mid-way
 
 def to_device_precision(learn:Learner, mixed_precision:bool=True, channels_last:bool=True) -> Learner:
-    "Put `learn` in channels_last and its AMP policy (`amp_mode`), with cuDNN autotuning on a GPU, through fastai's callbacks"
+    "Put `learn` in channels_last and its AMP policy (`amp_mode`), cuDNN autotuning on a GPU, via fastai's callbacks"
     dev = torch.device(getattr(learn.dls, 'device', None) or 'cpu')
     if channels_last: learn.add_cb(ChannelsLast())       # on CPUs too: oneDNN convolutions run faster in NHWC
     if dev.type == 'cpu' and mixed_precision and amp_mode(dev) == 'bf16': learn.add_cb(CPUAutocast())
@@ -72,7 +72,7 @@ def to_device_precision(learn:Learner, mixed_precision:bool=True, channels_last:
 
 # %% ../nbs/03b_train.ipynb #e63b95f4
 def backbone_splitter(model:nn.Module, frac:float=0.5) -> list:
-    "Parameter groups [first `frac` of `model.backbone`'s coarse timm groups, rest of the backbone, all else], empty ones dropped"
+    "Parameter groups [first `frac` of `model.backbone`'s coarse timm groups, rest of it, all else]; empty ones dropped"
     bb = model.backbone
     names = [n for n,_ in bb.named_parameters()]
     if hasattr(bb, 'group_matcher'): groups = list(group_parameters(bb, bb.group_matcher(coarse=True)).values())
@@ -92,13 +92,14 @@ def _plain(o):
     return o.item() if isinstance(o, np.generic) else o
 
 def _save(obj, fn):
-    "`torch.save` `obj` to `fn` through a temporary file of this process, so a kill mid-write, or another process writing it too, leaves a whole file"
+    "`torch.save` `obj` to `fn` via a temp file of this process: a kill mid-write, or a second writer, leaves it whole"
     fn = Path(fn); fn.parent.mkdir(parents=True, exist_ok=True); tmp = fn.with_name(f'{fn.name}.{os.getpid()}.tmp')
     torch.save(obj, tmp); os.replace(tmp, fn)
 
 def save_checkpoint(fname, learn:Learner, **meta):
     "Save `learn`'s model, optimizer state and `meta` to `fname` atomically"
-    _save(dict(model=learn.model.state_dict(), opt=_plain(learn.opt.state_dict()) if learn.opt else None, **_plain(meta)), fname)
+    _save(dict(model=learn.model.state_dict(), opt=_plain(learn.opt.state_dict()) if learn.opt else None,
+               **_plain(meta)), fname)
 
 def load_checkpoint(fname, device='cpu') -> dict|None:
     "The checkpoint dict saved at `fname` (tensors on `device`), or None (logged) when it is missing or unreadable"
@@ -120,7 +121,8 @@ class Checkpoint(Callback):
         if not self.trained: return   # skipped by `start_epoch` on resume
         self.trained = False
         sel = getattr(self.learn, 'selector', None)
-        save_checkpoint(self.fname, self.learn, stage=self.stage, epoch=self.epoch, secs_per_epoch=time.monotonic()-self.t0,
+        save_checkpoint(self.fname, self.learn, stage=self.stage, epoch=self.epoch,
+                        secs_per_epoch=time.monotonic()-self.t0,
                         select=sel.state() if sel is not None else None, **self.meta)
 
 # %% ../nbs/03b_train.ipynb #17461190
@@ -132,9 +134,11 @@ class BudgetCallback(Callback):
     def after_epoch(self):
         if self.t0 is None: return   # skipped on resume: nothing was trained
         took = time.monotonic() - self.t0; self.t0 = None; self.times.append(took)
-        if getattr(self.learn, 'halted', None) == 'early stop': raise CancelFitException()   # after the checkpoint is saved
+        # after the checkpoint is saved
+        if getattr(self.learn, 'halted', None) == 'early stop': raise CancelFitException()
         if not self.budget.allows(self.reserve + took):
-            log.warning(f'time budget: stopping after epoch {self.epoch} ({self.budget.left:.0f}s left, epoch took {took:.0f}s)')
+            log.warning(f'time budget: stopping after epoch {self.epoch} '
+                        f'({self.budget.left:.0f}s left, epoch took {took:.0f}s)')
             self.learn.halted = 'budget'
             raise CancelFitException()
 
@@ -145,19 +149,19 @@ def paired_gain(a, b) -> tuple:
     return float(d.mean()) if len(d) else 0., float(d.std(ddof=1)/math.sqrt(len(d))) if len(d) > 1 else math.inf
 
 def beats(a, b, z:float=1.) -> tuple:
-    "Whether per-photo AP@5 `a` beats `b` by more than `z` standard errors of the paired difference; with the gain and its SE"
+    "Whether per-photo AP@5 `a` beats `b` by over `z` SEs of the paired difference; with the gain and its SE"
     g,se = paired_gain(a, b)
     return g > z*se, g, se
 
 def from_rank0(x):
-    "`x` as DDP rank 0 has it (unchanged outside a process group of two or more), so that every rank decides on the same figures"
+    "`x` as DDP rank 0 has it (as is outside a process group of two or more): every rank decides on the same figures"
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2: return x
     o = [x]; dist.broadcast_object_list(o, src=0)
     return o[0]
 
 class SelectBest(Callback):
-    "Score validation with `score(learn)` (per-photo AP@5) every epoch; keep the best smoothed epoch, stop after `patience`"
+    "Score validation with `score(learn)` (per-photo AP@5) per epoch; keep the best smoothed one, stop after `patience`"
     order = 85
     def __init__(self, score, patience:int=6, z:float=1., window:int=3, eps:float=1e-4, lost_z:float=2.):
         store_attr('score,patience,z,window,eps,lost_z')
@@ -188,8 +192,9 @@ class SelectBest(Callback):
     def smoothed(self, i:int) -> float: return float(self.curve[max(0, i-self.window+1):i+1].mean())
 
     def patience_now(self) -> int:
-        "`patience`, halved once the best epoch so far is below step 0 by more than `lost_z` SE: that curve has lost ground and stopped climbing back"
-        lost = self.base is not None and self.best_i is not None and beats(self.base, self.hist[self.best_i], self.lost_z)[0]
+        "`patience`, halved once the best epoch trails step 0 by more than `lost_z` SE: the curve lost ground for good"
+        lost = (self.base is not None and self.best_i is not None
+                and beats(self.base, self.hist[self.best_i], self.lost_z)[0])
         return max(1, self.patience//2) if lost else self.patience
 
     def before_train(self): self.trained = True
@@ -205,15 +210,17 @@ class SelectBest(Callback):
         elif i - self.best_i >= (pat := self.patience_now()):
             log.info(f'early stop: no gain for {pat} epochs (best smoothed {self.best:.4f} at epoch {self.best_i}'
                      f'{", below step 0" if pat < self.patience else ""})')
-            self.stopped,self.learn.halted = True,'early stop'   # `BudgetCallback` ends the fit once `Checkpoint` has saved
+            # `BudgetCallback` ends the fit once `Checkpoint` has saved
+            self.stopped,self.learn.halted = True,'early stop'
 
     def choose(self, learn:Learner) -> str:
-        "Load the kept weights into `learn.model`: the best epoch's, or step 0's when the gain is within noise; returns which"
+        "Load the kept weights into `learn.model`: the best epoch's, or step 0's if the gain is noise; return which"
         if self.best_i is None or self.best_sd is None: return 'last'
         if self.base is not None and self.base_sd is not None:
             ok,g,se = beats(self.hist[self.best_i], self.base, self.z)
             if not ok:
-                log.info(f'keeping step 0: epoch {self.best_i} changes validation MAP@5 by {g:+.4f} ± {se:.4f}, not more than {self.z:g} SE above it')
+                log.info(f'keeping step 0: epoch {self.best_i} changes validation MAP@5 by {g:+.4f} ± {se:.4f}, '
+                         f'not more than {self.z:g} SE above it')
                 learn.model.load_state_dict(self.base_sd); return 'step 0'
             log.info(f'keeping epoch {self.best_i}: {g:+.4f} ± {se:.4f} over step 0 on validation')
         learn.model.load_state_dict(self.best_sd); return f'epoch {self.best_i}'
@@ -221,7 +228,7 @@ class SelectBest(Callback):
 # %% ../nbs/03b_train.ipynb #e32871ec
 @dataclass
 class Stage:
-    "`epochs` of one-cycle at `lr` (a float or a slice for discriminative rates) with `freeze` frozen: 'backbone', 'early' or 'none'"
+    "`epochs` of one-cycle at `lr` (a float or discriminative slice), `freeze` frozen: 'backbone', 'early' or 'none'"
     name:str
     epochs:int
     lr:float|slice = 1e-3
@@ -234,18 +241,19 @@ def _set_freeze(learn, freeze):
     else: raise ValueError(f"Stage.freeze must be 'backbone', 'early' or 'none', got {freeze!r}")
 
 def _fit_epochs(st, done, budget, reserve, secs_per_epoch, resumed:bool=False):
-    "Epochs of stage `st`, `done` of them trained, that the budget affords at `secs_per_epoch` (None: unknown); a fresh fit trains one at least, a `resumed` one none"
+    "Epochs of `st` (`done` trained) the budget allows at `secs_per_epoch` (None: unknown); 1+ new unless `resumed`"
     left = math.inf if budget is None else budget.left - reserve
     if math.isinf(left): return st.epochs
     if resumed and (left <= 0 or (secs_per_epoch is not None and left < secs_per_epoch)): return done
     if secs_per_epoch is None: return st.epochs
     n = max(done + 1, min(st.epochs, done + int(left // secs_per_epoch)))
-    if n < st.epochs: log.warning(f'time budget: stage {st.name} cut from {st.epochs} to {n} epochs ({secs_per_epoch:.1f}s each)')
+    if n < st.epochs: log.warning(f'time budget: stage {st.name} cut from {st.epochs} to {n} epochs '
+                                  f'({secs_per_epoch:.1f}s each)')
     return n
 
 def fit_stages(learn:Learner, stages:list, fname=None, budget:TimeBudget|None=None, reserve:float=0.,
                select:SelectBest|None=None, meta:dict|None=None, cbs=None) -> Learner:
-    "Run `stages` in order, checkpointing to `fname` every epoch and resuming from it, within `budget`; keep `select`'s choice"
+    "Run `stages` within `budget`, checkpointing to `fname` each epoch and resuming from it; keep `select`'s choice"
     meta = _plain(meta or {}); names = [s.name for s in stages]
     dev = next(learn.model.parameters()).device
     ck = load_checkpoint(fname, device=dev) if fname is not None else None
@@ -282,7 +290,8 @@ def fit_stages(learn:Learner, stages:list, fname=None, budget:TimeBudget|None=No
             bcb = BudgetCallback(budget or TimeBudget(None), reserve)
             stage_cbs = [bcb] + ([] if fname is None else [Checkpoint(fname, st.name, **meta)])
             learn.fit_one_cycle(n, st.lr, start_epoch=start, cbs=stage_cbs + list(L(cbs)))
-            if bcb.times: spe = float(np.mean(bcb.times)) * (3. if st.freeze == 'backbone' and i+1 < len(stages) else 1.)
+            if bcb.times:
+                spe = float(np.mean(bcb.times)) * (3. if st.freeze == 'backbone' and i+1 < len(stages) else 1.)
             learn.fit_log.append(dict(stage=st.name, epochs=n, start=start, secs=[round(t, 2) for t in bcb.times]))
             if learn.halted: break
     finally:
@@ -300,14 +309,15 @@ class eval_mode:
         for m,t in zip(self.model.modules(), self.modes): m.training = t
 
 def _conv_bn_pairs(model:nn.Module) -> list:
-    "(conv's parent, conv name, norm's parent, norm name) of each eval-mode BatchNorm registered right after a convolution of its width (or a `Sequential` ending in one)"
+    "(conv parent, conv name, norm parent, norm name) of eval-mode BatchNorms right after a same-width conv"
     out = []
     for parent in model.modules():
         kids = list(parent._modules.items())
         for (a,c),(b,bn) in zip(kids, kids[1:]):
             cp = parent
             while isinstance(c, nn.Sequential) and len(c): cp,a,c = c,list(c._modules)[-1],c[-1]
-            if (type(c) is nn.Conv2d and c.padding_mode == 'zeros' and type(bn) in (nn.BatchNorm2d, BatchNormAct2d) and not bn.training
+            if (type(c) is nn.Conv2d and c.padding_mode == 'zeros'
+                and type(bn) in (nn.BatchNorm2d, BatchNormAct2d) and not bn.training
                 and bn.running_var is not None and bn.num_features == c.out_channels): out.append((cp, a, parent, b))
     return out
 
@@ -321,8 +331,9 @@ def _folded(c:nn.Conv2d, bn:nn.BatchNorm2d) -> nn.Conv2d:
     return f
 
 class fold_bn:
-    "Context manager: each eval-mode BatchNorm that follows a convolution folded into it, the modules put back on exit; `probe()` (a forward pass) must agree, or nothing is folded"
-    def __init__(self, model:nn.Module|None, probe=None, on:bool=True): self.model,self.probe,self.on,self.swaps = model,probe,on,[]
+    "Context manager folding eval-mode BatchNorms into the convs before them, undone on exit; only if `probe()` agrees"
+    def __init__(self, model:nn.Module|None, probe=None, on:bool=True):
+        self.model,self.probe,self.on,self.swaps = model,probe,on,[]
     def _swap(self, undo=False):
         for cp,a,c,bp,b,bn,fc,rest in (reversed(self.swaps) if undo else self.swaps):
             cp._modules[a],bp._modules[b] = (c,bn) if undo else (fc,rest)
@@ -331,44 +342,52 @@ class fold_bn:
         if not self.on or self.model is None: return self
         for cp,a,bp,b in _conv_bn_pairs(self.model):
             c,bn = cp._modules[a],bp._modules[b]
-            rest = nn.Sequential(bn.drop, bn.act) if isinstance(bn, BatchNormAct2d) else nn.Identity()   # timm's norm + act layer
+            # timm's norm + act layer
+            rest = nn.Sequential(bn.drop, bn.act) if isinstance(bn, BatchNormAct2d) else nn.Identity()
             self.swaps.append((cp, a, c, bp, b, bn, _folded(c, bn), rest))
         if not self.swaps or self.probe is None: self._swap(); return self
         ref = self.probe(); self._swap(); out = self.probe()
         if not torch.allclose(out, ref, rtol=1e-3, atol=1e-4*float(ref.abs().max())):
-            log.info(f'{type(self.model).__name__}: folding BatchNorm into its convolutions changed the output, left unfolded')
+            log.info(f'{type(self.model).__name__}: folding BatchNorm into its convolutions changed the output, '
+                     f'left unfolded')
             self._swap(undo=True); self.swaps = []
         return self
     def __exit__(self, *a): self._swap(undo=True); self.swaps = []
 
 def _embed_batch(fn, x, dev) -> torch.Tensor:
-    "`fn` on batch `x` in NHWC (oneDNN and cuDNN convolutions are fastest there), under autocast on a GPU (the CPU keeps features in fp32, see above); pooled if 4-D, fp32 on the CPU"
+    "`fn` on batch `x` in NHWC (fastest for oneDNN and cuDNN), autocast on a GPU; pooled if 4-D, fp32 on the CPU"
     dt = amp_dtype(dev) if dev.type == 'cuda' else None
     with torch.autocast(dev.type, dtype=dt or torch.float32, enabled=dt is not None):
         o = fn(x.contiguous(memory_format=torch.channels_last))
     return (o.mean((2,3)) if o.ndim == 4 else o).float().cpu()
 
 @torch.no_grad()
-def features(fn, imgs, idxs=None, bs:int=64, tta:bool=False, size=None, device=None, model:nn.Module|None=None) -> torch.Tensor:
-    "Features (N, V·D) on CPU of rows `idxs` of uint8 `imgs` by `fn` (a model, or any callable on normalised batches using `model`); V=2 with `tta`; on the CPU with BatchNorm folded"
+def features(fn, imgs, idxs=None, bs:int=64, tta:bool=False, size=None, device=None,
+             model:nn.Module|None=None) -> torch.Tensor:
+    "Features (N, V·D) on CPU of `imgs` rows `idxs` by `fn` (a model or callable using `model`), V=2 if `tta`"
     model = fn if isinstance(fn, nn.Module) else model
-    dev = torch.device(device) if device is not None else (next(model.parameters()).device if model is not None else default_device())
-    sized = lambda x: x if size is None or tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode='bilinear', antialias=True)
+    dev = (torch.device(device) if device is not None
+           else (next(model.parameters()).device if model is not None else default_device()))
+    sized = lambda x: (x if size is None or tuple(x.shape[-2:]) == tuple(size)
+                       else F.interpolate(x, size=tuple(size), mode='bilinear', antialias=True))
     def run(flip):
         out = [_embed_batch(fn, sized(x), dev) for x in img_batches(imgs, idxs, bs=bs, device=dev, flip=flip)]
         return torch.cat(out) if out else torch.zeros(0, 0)
-    with eval_mode(model) if model is not None else contextlib.nullcontext(), fold_bn(model, _probe(fn, imgs, idxs, dev, sized), on=dev.type == 'cpu'):
+    with (eval_mode(model) if model is not None else contextlib.nullcontext(),
+          fold_bn(model, _probe(fn, imgs, idxs, dev, sized), on=dev.type == 'cpu')):
         return torch.cat([run(fl) for fl in (False, True)[:1+tta]], 1)
 
 def _probe(fn, imgs, idxs, dev, prep=lambda x: x):
     "A forward pass of `fn` on two of the photos, to check that folding leaves the output as it was"
     rows = np.arange(len(imgs))[:2] if idxs is None else np.asarray(idxs)[:2]
-    return None if not len(rows) else lambda: _embed_batch(fn, prep(next(iter(img_batches(imgs, rows, bs=2, device=dev)))), dev)
+    return (None if not len(rows)
+            else lambda: _embed_batch(fn, prep(next(iter(img_batches(imgs, rows, bs=2, device=dev)))), dev))
 
 def cosine_sim(qf, gf, views:int=1, bs:int=4096) -> np.ndarray:
     "Mean over `views` of the cosine similarity (Q,G) float32 of the view blocks of `qf` (Q,V·D) and `gf` (G,V·D)"
     qf,gf = torch.as_tensor(qf).float(),torch.as_tensor(gf).float()
-    q,g = (F.normalize(o.view(len(o), views, o.shape[1] // views), dim=-1).flatten(1) / math.sqrt(views) for o in (qf, gf))
+    q,g = (F.normalize(o.view(len(o), views, o.shape[1] // views), dim=-1).flatten(1) / math.sqrt(views)
+           for o in (qf, gf))
     return torch.cat([c @ g.T for c in q.split(bs)] or [torch.zeros(0, len(g))]).numpy().astype(np.float32)
 
 # %% ../nbs/03b_train.ipynb #d6641460
@@ -381,7 +400,7 @@ def _key(*parts) -> str:
     return h.hexdigest()[:16]
 
 def frozen_size(backbone:nn.Module, hw, res:str|None='native') -> tuple|None:
-    "Input (H, W) for frozen features of `backbone` on photos of size `hw`: scaled up to its pretraining side with `res='native'`, aspect kept; None: as they are"
+    "(H, W) for frozen `backbone` features on `hw` photos: up to its pretraining side if `res='native'`; None: as is"
     side = ((getattr(backbone, 'pretrained_cfg', None) or {}).get('input_size') or (None,))[-1]
     if res is None or not side: return None
     H,W = hw; s = side/math.sqrt(H*W)
@@ -390,9 +409,10 @@ def frozen_size(backbone:nn.Module, hw, res:str|None='native') -> tuple|None:
 @torch.no_grad()
 def pooled_views(backbone:nn.Module, imgs, views:int=2, aug_kw:dict|None=None, bs:int=64, size=None, seed:int=0,
                  device=None, cache_dir=None, tag:str='') -> torch.Tensor:
-    "Pooled `backbone` features (V,N,C) on CPU of uint8 `imgs`: view 0 plain, 1 mirrored, then augmented (odd views mirrored)"
+    "Pooled `backbone` features (V,N,C) on CPU of uint8 `imgs`: 0 plain, 1 mirrored, then augmented (odd ones mirrored)"
     key,akey = _key(imgs, size),_key(aug_kw, seed)    # views 0 and 1 do not depend on the augmentation
-    fns = [None if cache_dir is None else Path(cache_dir)/f'pooled_{tag}_{key}_v{v}{"" if v < 2 else "_"+akey}.pt' for v in range(views)]
+    fns = [None if cache_dir is None else Path(cache_dir)/f'pooled_{tag}_{key}_v{v}{"" if v < 2 else "_"+akey}.pt'
+           for v in range(views)]
     def cached(fn):
         if fn is None or not fn.exists(): return None
         try: return torch.load(fn, weights_only=True)
@@ -424,7 +444,7 @@ def pooled_views(backbone:nn.Module, imgs, views:int=2, aug_kw:dict|None=None, b
 # %% ../nbs/03b_train.ipynb #4848a51d
 @torch.no_grad()
 def pca_whitening(x, dims:int, shrink:float=1.) -> tuple:
-    "(`mean`, `W`): centred features `x` (N,C) times `W` (d ≤ `dims`, C) are their top principal components, scaled by (λ + `shrink`·mean λ)^-½"
+    "(mean, W): `x` (N,C) centred times `W` (d ≤ `dims`, C) = top principal components / √(λ + `shrink`·mean λ)"
     x = torch.as_tensor(x).float()
     mu = x.mean(0)
     _,s,vt = torch.linalg.svd(x - mu, full_matrices=False)
@@ -434,7 +454,7 @@ def pca_whitening(x, dims:int, shrink:float=1.) -> tuple:
 
 @torch.no_grad()
 def identity_bn(bn:nn.BatchNorm1d, mean, var):
-    "Set `bn` to subtract `mean` and keep the scale `var`: in eval mode, and in training with batch statistics near these"
+    "Set `bn` to subtract `mean` and keep scale `var`: in eval mode, and in training with batch statistics near these"
     bn.running_mean.copy_(mean); bn.running_var.copy_(torch.as_tensor(var).clamp_min(1e-6))
     bn.weight.copy_((bn.running_var + bn.eps).sqrt()); bn.bias.zero_()
 
