@@ -223,7 +223,7 @@ def part_post(a, root):
             print(f'post {name}: features {t.s:.1f}s (σ {F["sigma"]:.3f}, 1-NN {F["nn_acc"]:.3f})', flush=True)
             for f in (fr if name == 'siamese' else [1.]):
                 key, tn, tt, ti = score(name, model, f)
-                with st(key): ms = P.score_model(name, imgs, ids, va, ti, p, vn, tn)
+                with st(key): ms = P.score_model(name, imgs, P.Split(ids, va, vn, tn), ti, p)
                 print(f'post {key}: {st.rec[key]}', flush=True)
             P.MODELS[name] = old[name]; del model, F      # its features go
             out['models'][name] = dict(dims=D, features_secs=round(t.s, 1), valid_map5=round(ms.map_valid, 4),
@@ -338,7 +338,9 @@ def main(argv=None):
         elif part == 'gen':            # sets of other runs stay listed
             g = part_gen(a, root); res['gen'] = {**g, 'sets': {**res.get('gen', {}).get('sets', {}), **g['sets']}}
         else: res[part] = dict(globals()[f'part_{part}'](a, root))
-        res[part]['wall_s'] = round(time.perf_counter() - t, 1); print(f'wrote {save()}', flush=True)
+        res[part]['wall_s'] = round(time.perf_counter() - t, 1)
+        if part == 'gen': res['gen']['wall_s'] = round(sum(o['secs'] for o in res['gen']['sets'].values()), 1)   # every set
+        print(f'wrote {save()}', flush=True)
     if not a.quick and not a.out: readme(json.loads(fn.read_text()))
     return res
 

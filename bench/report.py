@@ -133,23 +133,24 @@ def sec_rehearsal(rs):
     "The rehearsal section (its description alone while there are no results)"
     r = rs[0] if rs else None
     L = ['## rehearsal: the Kaggle run at full size, on this CPU', '',
-         '`python bench/rehearsal.py [--parts gen,data,post,runs] [--root /tmp/whale_rehearsal] [--keep-cache] [--sia-fracs 1/16,1/4]`; '
+         '`python bench/rehearsal.py [--parts gen,data,post,runs] [--root /tmp/whale_rehearsal] [--scales 16,8,4] [--keep-cache] [--sia-fracs 1/16,1/4]`; '
          'each part can run alone and replaces its own key of `results/rehearsal.json` (`--quick`: tiny sets under ROOT/quick, '
          '`results/rehearsal_quick.json`, a smoke test). Every input is synthetic, and each part says how in its `notes`.', '',
          '- `gen`: a competition of the real shape: 25,361 train photos (9,664 new_whale), 5,004 whales (the real counts of whales '
          'with 1-5 photos, a fitted power law for 6-72, one of 73), 7,960 test photos (27.6 % unseen whales), 1050×700 JPEGs from '
-         '`synth.render_photo`, boxes in their own folder; copies at 1/16, 1/8, 1/4 (a stratified sample of the whales). Not a key figure.',
+         '`synth.render_photo`, boxes in their own folder; copies at 1/s of the whales (`--scales`, default 16,8,4; a stratified '
+         'sample). Not a key figure.',
          '- `data`: seconds and peak RSS of each data-layer step on the full set with the kaggle preset (`read_competition` with '
          'the boxes, `merge_duplicates`, `auto_size`, `cache_images` of train, test and the two box-TTA crops).',
          '- `post`: seconds and peak RSS of `pipeline.score_model` for knn (1,280-d), arcface and siamese (512-d), two TTA views and '
          'three box crops, on synthetic feature matrices (no training, no pseudo-label round), then `blend` and the submission. '
          'The Siamese runs on shares of the test photos (`--sia-fracs`) and its full size is extrapolated linearly.',
-         '- `runs`: `whale-kernel run` (cpu preset) on the three copies: wall, polled max RSS, the run\'s own stage table, and '
+         '- `runs`: `whale-kernel run` (cpu preset) on the copies: wall, polled max RSS, the run\'s own stage table, and '
          'per stage the exponent b of secs ≈ c·N^b (N train photos) with its value at 25,361.', '']
     if not r: return L + ['(not yet run)']
     L += [f"Machine: {r['device']} ({r['date'][:10]}, torch {r['versions']['torch']}).", '', '| part | step | secs | peak RSS GB | note |', '|---|---|---|---|---|']
     g = r.get('gen')
-    for k, v in (g or {}).get('sets', {}).items():
+    for k, v in sorted((g or {}).get('sets', {}).items(), key=lambda kv: -kv[1]['train']):
         L.append(f"| gen | {k}: {v['train']:,} train + {v['test']:,} test, {v['whales']:,} whales | {f(v['secs'])} | – | {f(v['img_s'])} photos/s, {v['jpeg_gb']} GB |")
     if not g: L.append('| gen | – | – | – | not yet run |')
     dt = r.get('data')
@@ -166,7 +167,7 @@ def sec_rehearsal(rs):
         L.append(f"| post | {k} | {f(v['secs'])} | {f(v['peak_rss_gb'], 2)} | {'; '.join(note)} |")
     if not ps: L.append('| post | – | – | – | not yet run |')
     ru = r.get('runs')
-    for k, v in (ru or {}).get('sets', {}).items():
+    for k, v in sorted((ru or {}).get('sets', {}).items(), key=lambda kv: kv[1].get('n_train') or 0):
         st = ', '.join(f"{s} {f(o['secs'], 0)} s" for s, o in (v.get('stages') or {}).items())
         tm = ', '.join(f'{m} {x}' for m, x in (v.get('test') or {}).items())
         L.append(f"| runs | {k}: {v.get('n_train') or '?'} train (rc {v['rc']}) | {f(v['wall_s'])} | {f(v['max_rss_gb'], 2)} | {st}; test MAP@5 {tm or '–'} |")

@@ -14,9 +14,10 @@ from .metrics import threshold_curve, predict_top5
 __all__ = ['report']
 
 # %% ../nbs/07b_report.ipynb #99554a00
-def _plots(out, res, ens, plt):
+def _plots(out, res, ens):
     allr = res + ([ens] if ens is not None and len(res) > 1 else [])
-    fig, axs = plt.subplots(1, 2, figsize=(11, 3.4))
+    from matplotlib.figure import Figure         # no pyplot: the caller's backend stays as it is
+    fig = Figure(figsize=(11, 3.4)); axs = fig.subplots(1, 2)
     for s in allr:
         if not s.has_valid: continue        # no validation split: nothing was searched
         t, m = threshold_curve(s.pv, s.valid.ids, s.truth)
@@ -32,12 +33,13 @@ def _plots(out, res, ens, plt):
         if s.info.get('step0') is not None: axs[1].axhline(s.info['step0'], c=l.get_color(), ls=':')
     axs[1].set(xlabel='epoch', ylabel='validation MAP@5, known whales', title='learners: per epoch (dotted: step 0)')
     if axs[1].lines: axs[1].legend(fontsize=7)
-    fig.tight_layout(); fig.savefig(out/'report.png', dpi=72); plt.close(fig)
+    fig.tight_layout(); fig.savefig(out/'report.png', dpi=72)
 
-def _grid(out, s, train, imgs, timgs, plt, n:int=6):
+def _grid(out, s, train, imgs, timgs, n:int=6):
     first = {k: i for i, k in reversed(list(enumerate(train.Id)))}
     preds = predict_top5(s.pt[:n], s.test.ids, s.thr)
-    fig, axs = plt.subplots(min(n, len(preds)), 6, figsize=(12, 1.5*min(n, len(preds))), squeeze=False)
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 1.5*min(n, len(preds)))); axs = fig.subplots(min(n, len(preds)), 6, squeeze=False)
     for r, labs in enumerate(preds):
         axs[r, 0].imshow(timgs[r]); axs[r, 0].set_title(f'test: {s.test.names[r]}'[:28], fontsize=7)
         for c, lab in enumerate(labs, 1):
@@ -46,15 +48,13 @@ def _grid(out, s, train, imgs, timgs, plt, n:int=6):
                 ax.text(.5, .5, 'new_whale', ha='center', va='center', fontsize=9); ax.set_facecolor('0.9')
             else: ax.imshow(imgs[first[lab]]); ax.set_title(f'{c}. {lab}', fontsize=7)
     for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
-    fig.tight_layout(); fig.savefig(out/'predictions.png', dpi=60); plt.close(fig)
+    fig.tight_layout(); fig.savefig(out/'predictions.png', dpi=60)
 
 def report(out, res, ens, summary, train=None, imgs=None, timgs=None):
     "Write `out/report.md`, `out/summary.json`, `report.png` and (given the photos) `predictions.png`"
-    import matplotlib; matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
     out = Path(out)
-    _plots(out, res, ens, plt)
-    if train is not None: _grid(out, ens if len(res) > 1 else res[0], train, imgs, timgs, plt)
+    _plots(out, res, ens)
+    if train is not None: _grid(out, ens if len(res) > 1 else res[0], train, imgs, timgs)
     (out/'summary.json').write_text(json.dumps(summary, indent=1, default=str))
     test = summary.get('test') or {}
     rows = '\n'.join(f"| {k} | {'n/a' if v is None else f'{v:.4f}'} | {summary['thr'][k]:.3f} | "
