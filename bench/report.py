@@ -151,7 +151,7 @@ def sec_rehearsal(rs):
     L += [f"Machine: {r['device']} ({r['date'][:10]}, torch {r['versions']['torch']}).", '', '| part | step | secs | peak RSS GB | note |', '|---|---|---|---|---|']
     g = r.get('gen')
     for k, v in sorted((g or {}).get('sets', {}).items(), key=lambda kv: -kv[1]['train']):
-        L.append(f"| gen | {k}: {v['train']:,} train + {v['test']:,} test, {v['whales']:,} whales | {f(v['secs'])} | – | {f(v['img_s'])} photos/s, {v['jpeg_gb']} GB |")
+        L.append(f"| gen | {k}: {v['train']:,} train + {v['test']:,} test, {v['whales']:,} whales | {f(v['secs'])} | – | {f(v['img_s'])} photos/s, {v['jpeg_gb']} GB{'; ' + v['note'] if v.get('note') else ''} |")
     if not g: L.append('| gen | – | – | – | not yet run |')
     dt = r.get('data')
     for k, v in (dt or {}).get('stages', {}).items():
