@@ -14,11 +14,11 @@ def render():
         if c['cell_type'] == 'markdown':
             parts.append(''.join(c['source']))
         for o in c.get('outputs', []):
-            png = o.get('data', {}).get('image/png')
-            if png:
-                name = f'index_files/cell{i}.png'
-                imgs[name] = base64.b64decode(png)
-                parts.append(f'![]({"nbs/" + name})')
+            for kind, ext in (('image/jpeg', 'jpg'), ('image/png', 'png')):     # the first one each output has
+                if data := o.get('data', {}).get(kind):
+                    name = f'index_files/cell{i}.{ext}'
+                    imgs[name] = base64.b64decode(''.join(data))
+                    parts.append(f'![]({"nbs/" + name})'); break
     md = '\n\n'.join(parts) + '\n'
     md = md.replace('\n> ', '\n> ', 1)
     md = re.sub(r'\]\((\w+\.ipynb)\)', r'](nbs/\1)', md)          # the map's links, from the repository root
@@ -29,6 +29,8 @@ if __name__ == '__main__':
     if '--check' in sys.argv:
         ok = (root/'README.md').exists() and (root/'README.md').read_text() == md
         sys.exit(0 if ok else 1)
+    old = set((root/'nbs'/'index_files').glob('cell*')) - {root/'nbs'/n for n in imgs}
+    for fn in old: fn.unlink()                          # pictures of cells that no longer have one
     for name, b in imgs.items():
         (root/'nbs'/name).parent.mkdir(parents=True, exist_ok=True); (root/'nbs'/name).write_bytes(b)
     (root/'README.md').write_text(md)
