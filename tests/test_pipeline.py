@@ -360,3 +360,12 @@ def test_boxes_from_their_own_folder(tiny_data, tmp_path, monkeypatch, wklog):
     assert main(['run', '--data', str(data), '--out', str(tmp_path/'out'), '--models', 'knn', '--boxes', str(bx)]) == 0
     assert f'boxes from {bx}: {n_tr} of {n_tr} train and {n_te} of {n_te} test photos' in wklog.text
     assert len(list((tmp_path/'out'/'cache').glob('test_m0.15_*.npy'))) == 2        # the box-scale crops: there are boxes
+
+def test_the_report_leaves_the_plotting_backend_alone(tiny_data, tmp_path):
+    "The report draws on its own Figures: a notebook's backend (inline there, svg here) is the same after a run"
+    import matplotlib
+    old = matplotlib.get_backend(); matplotlib.use('svg')
+    try:
+        run(tiny_data, tmp_path/'out', models=['knn'], quiet=True, **TINY)
+        assert (tmp_path/'out'/'report.png').exists() and matplotlib.get_backend() == 'svg'
+    finally: matplotlib.use(old)
