@@ -338,8 +338,8 @@ def main(argv=None):
         elif part == 'gen':            # sets of other runs stay listed
             g = part_gen(a, root); res['gen'] = {**g, 'sets': {**res.get('gen', {}).get('sets', {}), **g['sets']}}
         else: res[part] = dict(globals()[f'part_{part}'](a, root))
-        res[part]['wall_s'] = round(time.perf_counter() - t, 1)
-        if part == 'gen': res['gen']['wall_s'] = round(sum(o['secs'] for o in res['gen']['sets'].values()), 1)   # every set
+        res[part]['wall_s'] = round(sum(o['secs'] for o in res['gen']['sets'].values()) if part == 'gen'    # every set
+                                    else time.perf_counter() - t, 1)
         print(f'wrote {save()}', flush=True)
     if not a.quick and not a.out: readme(json.loads(fn.read_text()))
     return res
