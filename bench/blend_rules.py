@@ -5,10 +5,10 @@ training anything again. Test answers come from the run's `solution.csv` and are
 
     python bench/blend_rules.py RUN_DIR [RUN_DIR ...] [--out NAME]
 
-Rules: `blend` (the run's own: power-mean weights and α searched on validation), `knn` (the kNN alone), `gate z`
-(members whose paired per-photo gain over the kNN on validation is under z standard errors left out, the rest blended
-as `blend` does), `gate z, equal` (the same, equal weights and α 1 when validation has fewer than 100 known photos),
-`… shrunk n0` (the threshold pulled towards the leaderboard's 27.6 % rule by n0 / (n_known + n0)).
+Rules: `knn` (the kNN alone), `all members` (every member in the power-mean blend, weights and α searched on
+validation), `gate z` (`pipeline.blend_members`: members whose paired per-photo gain over the kNN on validation is
+under z standard errors left out), `… prior n0` (the blend's threshold moved towards the leaderboard's 27.6 % rule by
+n0 / (n + n0), `ensemble.shrunk`). The members' own thresholds are the run's.
 Writes bench/results/<NAME>.json and prints a table: mean test MAP@5 per rule, and the worst draw against the kNN.
 """
 import argparse, json, sys
@@ -28,36 +28,14 @@ def load_run(d:Path):
     truth = sol[list(next(iter(ms.values())).test.names)].values
     return ms, truth
 
-def _aps(m):
-    from whale_kernel.metrics import query_aps
-    return query_aps(m.pv, m.valid.ids, m.truth, m.thr)
-
-def gate(ms:dict, z:float, base:str='knn') -> list:
-    "The members whose paired validation gain over `base` beats `z` standard errors, `base` always in"
-    from whale_kernel.train import beats
-    if base not in ms: return list(ms.values())
-    b = _aps(ms[base])
-    return [m for k,m in ms.items() if k == base or beats(_aps(m), b, z)[0]]
-
-def shrink(ens, n0:float):
-    "`ens` with its threshold pulled towards the 27.6 % rule on its test scores by n0 / (n_known + n0)"
-    from whale_kernel.metrics import ratio_threshold
-    import dataclasses
-    n = int(np.isin(np.asarray(ens.truth, dtype=object), ens.valid.ids).sum()); w = n0/(n + n0)
-    return dataclasses.replace(ens, thr=(1 - w)*ens.thr + w*ratio_threshold(ens.pt))
-
 def rules():
+    "Each rule: the run's members (by name) -> the blend it submits"
     from whale_kernel.ensemble import blend
-    def gated(z, equal=False, n0=None):
-        def f(ms):
-            sel = gate(ms, z); n = int(np.isin(np.asarray(sel[0].truth, dtype=object), sel[0].valid.ids).sum())
-            ens = blend(sel, weights=[1.]*len(sel), alpha=1.) if equal and n < 100 and len(sel) > 1 else blend(sel)
-            return shrink(ens, n0) if n0 else ens
-        return f
-    out = {'blend': lambda ms: blend(list(ms.values())), 'knn': lambda ms: ms['knn']}
-    for z in (0.5, 1., 2.): out[f'gate {z:g}'] = gated(z)
-    for z in (1., 2.): out[f'gate {z:g}, equal'] = gated(z, True)
-    for n0 in (10, 30): out[f'gate 1, shrunk {n0}'] = gated(1., n0=n0)
+    from whale_kernel.pipeline import blend_members
+    out = {'knn': lambda ms: ms['knn'], 'all members': lambda ms: blend(list(ms.values()))}
+    for z in (0.5, 1., 2.): out[f'gate {z:g}'] = lambda ms, z=z: blend_members(list(ms.values()), z)
+    for n0 in (10, 30, 100): out[f'gate 1, prior {n0}'] = lambda ms, n0=n0: blend_members(list(ms.values()), 1., n0)
+    out['all members, prior 30'] = lambda ms: blend(list(ms.values()), prior=30.)
     return out
 
 def main(argv=None):

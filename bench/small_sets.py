@@ -36,7 +36,7 @@ def draw(src:Path, out:Path, seed:int, dogs:int=40, new:int=15, new_share:float=
     trd.sort_values('Image').to_csv(out/'train.csv', index=False)
     ted.sort_values('Image').to_csv(out/'solution.csv', index=False)
     ted.assign(Id='new_whale').sort_values('Image').to_csv(out/'sample_submission.csv', index=False)
-    return dict(train=len(trd), test=len(ted), dogs=dogs, test_new=int((ted.Id == 'new_whale').sum()))
+    return dict(train=len(trd), n_test=len(ted), dogs=dogs, test_new=int((ted.Id == 'new_whale').sum()))
 
 def run_one(data:Path, out:Path, models:str, sets:list) -> dict:
     "`whale-kernel run` on `data` (the cpu preset, with `sets` overriding its fields); its summary, wall time and log"
@@ -61,7 +61,7 @@ def table(res:dict) -> str:
     for k,r in rows.items():
         t = r.get('test') or {}
         d = f"{t['blend'] - t['knn']:+.3f}" if 'blend' in t and 'knn' in t else '–'
-        out.append(f"| {k} | {r['train']} / {r['test']} ({r.get('n_valid')}) | " +
+        out.append(f"| {k} | {r['train']} / {r.get('n_test', '–')} ({r.get('n_valid')}) | " +
                    ' | '.join(f"{t[n]:.3f}" if n in t else '–' for n in names) + f' | {d} |')
     mean = lambda n: np.mean([r['test'][n] for r in rows.values() if r.get('test') and n in r['test']])
     out.append('| mean | | ' + ' | '.join(f'{mean(n):.3f}' for n in names) + f" | {mean('blend') - mean('knn'):+.3f} |")
@@ -85,7 +85,7 @@ def main(argv=None):
         info = draw(src, d/'data', a.seed + i, a.dogs, a.new)
         r = run_one(d/'data', d/f'out{a.tag}', a.models, sets)
         res['draws'][f'draw{a.seed + i}'] = {**info, **r}
-        print(f"draw {a.seed + i}: {info['train']} train, {info['test']} test, {r['wall_s']:.0f}s, test {r['test']}", flush=True)
+        print(f"draw {a.seed + i}: {info['train']} train, {info['n_test']} test, {r['wall_s']:.0f}s, test {r['test']}", flush=True)
         write(name, {**meta(), **res})
     md = RES/'small_sets.md'; txt = md.read_text() if md.exists() else '# Small real sets: draws from the dog faces\n'
     head = f"\n## {name} ({meta()['date'][:10]}, {meta()['device']})\n\n`{res['command']}`\n\n"

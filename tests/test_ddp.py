@@ -48,7 +48,7 @@ def test_parser_and_gpus():
 
 TINY = dict(size=(32, 64), bs=4, weights=None, workers=0, views=2, emb_dim=16, arcface_steps=8, arcface_epochs=(2, 2),
             arcface_ft_steps=4, arcface_ft_epochs=(2, 2), siamese_arch=None, siamese_views=2, siamese_feats=16,
-            siamese_steps=8, siamese_epochs=(2, 2), rerank=False, pseudo=False)
+            siamese_steps=8, siamese_epochs=(2, 2), rerank=False, pseudo=False, max_splits=1)
 
 def test_pipeline_trains_on_two_ranks(tmp_path):
     "`ddp=2`: the run trains ArcFace ('auto': frozen, then the thaw) and the Siamese on two gloo ranks, then only loads their checkpoints"
@@ -166,7 +166,7 @@ def _ddp_inputs(tmp_path, p, n_whales=6, per_whale=3, n_new=3):
     return imgs, ids, va, ['--imgs', work/'imgs.npy', '--ids', work/'ids.txt', '--valid', work/'valid.txt']
 
 KAGGLE_TINY = dict(size=(32, 64), bs=4, workers=0, weights=None, emb_dim=16, arcface_steps=8, arcface_epochs=(2, 2),
-                   arcface_ft_epochs=(4, 4), patience=100, rerank=False, pseudo=False)
+                   arcface_ft_epochs=(4, 4), patience=100, rerank=False, pseudo=False, max_splits=1)
 
 def test_kaggle_preset_on_two_ranks_killed_mid_fine_tune_resumes(tmp_path):
     "The `kaggle` preset's ArcFace ('auto': frozen, then the fine-tune of the whole net) on two gloo ranks, killed after the fine-tune's first checkpoint: the parent process, out of time, keeps that fine-tune; the same command resumes it"

@@ -117,6 +117,28 @@ def test_budget_callback_stops():
     fit_stages(learn, [Stage('a', 3, 1e-2)], budget=TimeBudget(10), reserve=3600, cbs=[p])   # the reserve counts
     assert learn.halted == 'budget' and p.trained == [0]
 
+class Clock:
+    "A stand-in for the `time` module of `whale_kernel.train`: every reading is 5 s after the last"
+    def __init__(self): self.t = 0.
+    def monotonic(self): self.t += 5.; return self.t
+
+class Left:
+    "A budget with `secs` always left"
+    def __init__(self, secs): self.left = secs
+    def allows(self, s): return self.left >= s
+
+def test_budget_shortens_a_schedule_that_does_not_fit(monkeypatch):
+    "10 planned epochs of 5 s (a clock that ticks 5 s a reading) in 26 s: after epoch 0 the rest is re-planned to 6 in all"
+    import whale_kernel.train as T
+    monkeypatch.setattr(T, 'time', Clock())
+    learn, p = tiny_learner(), Probe()
+    fit_stages(learn, [Stage('a', 10, 1e-2)], budget=Left(26.), cbs=[p])
+    assert p.trained == [0, 1, 2, 3, 4, 5] and learn.fit_log[0]['epochs'] == 6 and not learn.halted
+    assert len(p.at_start) == 2                           # the first schedule, then the shortened one
+    learn, p = tiny_learner(), Probe()                   # without a budget nothing is re-planned
+    fit_stages(learn, [Stage('a', 4, 1e-2)], budget=None, cbs=[p])
+    assert p.trained == [0, 1, 2, 3] and len(p.at_start) == 1
+
 STAGES = [Stage('head', 2, 1e-2, 'backbone'), Stage('body', 3, 1e-2)]
 
 def test_fit_stages_resumes_mid_stage(tmp_path, wklog):

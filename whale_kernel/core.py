@@ -88,6 +88,11 @@ class Preset:
     patience:int = 6                   # stop when the smoothed validation MAP@5 has not improved for this many epochs
     select_z:float = 1.                # keep a trained model only if it beats step 0 by `select_z` standard errors
     siamese_select_z:float = 0.        # the Siamese's bar: 0 keeps its best epoch whenever it beats step 0 (05_siamese)
+    enough_valid:int = 50              # known held-out photos that tell two choices 0.05 apart; a split with fewer
+                                       # pools the evidence of repeated splits (07_pipeline)
+    max_splits:int = 5                 # at most this many repeated splits
+    thr_prior:float = 30.              # the new_whale threshold leans to the 27.6 % rule by n0/(n + n0), n the
+                                       # validation photos it was searched on (06_ensemble)
     # scoring
     min_per_id:int = 4                 # oversample so each id is seen at least N times per epoch
     reduce:str = 'max'                 # image scores -> id scores: 'max' or 'mean'

@@ -27,8 +27,9 @@ from .siamese import fit_siamese, siamese_features, siamese_similarity
 
 # %% auto #0
 __all__ = ['MODELS', 'ModelSpec', 'Split', 'Scored', 'fit_model', 'score_views', 'extras', 'keep_best', 'pseudo_round',
-           'new_whale_twins', 'score_model', 'EpochLines', 'quiet_bars', 'RunError', 'run', 'Photos', 'read_photos',
-           'make_split', 'fit_all', 'summarize']
+           'new_whale_twins', 'score_model', 'valid_splits', 'n_splits', 'pool', 'score_splits', 'EpochLines',
+           'quiet_bars', 'RunError', 'run', 'Photos', 'read_photos', 'make_split', 'make_splits', 'gate',
+           'blend_members', 'fit_all', 'summarize']
 
 # %% ../nbs/07_pipeline.ipynb #a9fc8181
 @dataclass(frozen=True)
@@ -251,25 +252,35 @@ def new_whale_twins(spec, sc:Scored, ms, imgs, split:Split, p:Preset):
     return _new_first(ms, up_valid, up_test, dict(new_twins=twins))
 
 # %% ../nbs/07_pipeline.ipynb #00ac9c7d
-def score_model(name, imgs, split:Split, timgs, preset:Preset, *, path=None, budget=None, cache_dir=None):
+def _fit_info(model) -> dict:
+    "What the run records of a fitted model: the kept epoch, each phase's validation curve, step 0, the fit log"
+    sels = [o for o in getattr(model, 'selectors', [getattr(model, 'selector', None)]) if o is not None]  # one a phase
+    return dict(kept=getattr(model, 'kept', None), curve=[round(float(c), 4) for o in sels for c in o.curve],
+                step0=None if not sels or sels[0].base is None else round(float(sels[0].base.mean()), 4),
+                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None, centres=False, pseudo_round=None,
+                new_twins=None)
+
+def _maker(name, split:Split, info:dict, t0:float, prior:float):
+    "`make(valid, test, more)`: raw whale scores of the split's held-out and test photos as a fitted `ModelScores`"
+    return lambda v, t, more: ModelScores.fit(name, ScoreMatrix(split.vnames, split.whales, v),
+                                              list(split.ids[split.valid]), ScoreMatrix(split.tnames, split.whales, t),
+                                              time.monotonic() - t0, {**info, **more}, prior=prior)
+
+def score_model(name, imgs, split:Split|list, timgs, preset:Preset, *, path=None, budget=None, cache_dir=None):
     "`ModelScores` of model `name` fitted on the split's rows of `imgs`: held-out and test photos (`timgs`, or crops)"
+    if isinstance(split, (list, tuple)):            # repeated splits: their evidence pooled (`score_splits`)
+        if len(split) > 1:
+            return score_splits(name, imgs, split, timgs, preset, path=path, budget=budget, cache_dir=cache_dir)
+        split = split[0]
     t0, spec, p = time.monotonic(), MODELS[name], preset
     crops = timgs if isinstance(timgs, list) else [timgs]
     reserve = 0.1*budget.left if budget is not None and math.isfinite(budget.left) else 0.
     model = fit_model(name, imgs, split, p, path=path, budget=budget, reserve=reserve, cache_dir=cache_dir)
-    sels = [o for o in getattr(model, 'selectors', [getattr(model, 'selector', None)]) if o is not None]  # one a phase
-    info = dict(kept=getattr(model, 'kept', None), curve=[round(float(c), 4) for o in sels for c in o.curve],
-                step0=None if not sels or sels[0].base is None else round(float(sels[0].base.mean()), 4),
-                fit_log=getattr(model, 'fit_log', None), rerank=0., pseudo=None, centres=False, pseudo_round=None,
-                new_twins=None)
+    info = _fit_info(model)
     def rescore(model, extra={}):
         "The plain scores of `model`, the extras to try, and the `Scored` behind them"
-        make = lambda v, t, more: ModelScores.fit(name, ScoreMatrix(split.vnames, split.whales, v),
-                                                  list(split.ids[split.valid]),
-                                                  ScoreMatrix(split.tnames, split.whales, t), time.monotonic() - t0,
-                                                  {**info, **extra, **more})
         sc = score_views(spec, model, imgs, crops, split, p)
-        return (*extras(spec, sc, split, p, make), sc)
+        return (*extras(spec, sc, split, p, _maker(name, split, {**info, **extra}, t0, p.thr_prior)), sc)
     plain, cands, sc = rescore(model)
     ms = keep_best(name, plain, cands, p.select_z)   # an extra only when validation says so, beyond its noise
     if p.pseudo_round > 0 and spec.pseudo_fit is not None and len(split.valid):
@@ -277,6 +288,75 @@ def score_model(name, imgs, split:Split, timgs, preset:Preset, *, path=None, bud
                          path=path, budget=budget, reserve=reserve)
         if r is not None: ms, sc = r
     if p.new_twins > 0 and len(split.valid) and len(split.train_new): ms = new_whale_twins(spec, sc, ms, imgs, split, p)
+    ms.secs = time.monotonic() - t0
+    return ms
+
+# %% ../nbs/07_pipeline.ipynb #bd201fb4
+def valid_splits(df, n:int, frac:float=0.5, new_frac:float=0.276, seed:int=42) -> list:
+    "`n` held-out masks: `valid_split`'s, then its complement, then fresh halves, each whale's unused photos first"
+    first = valid_split(df, frac, new_frac, seed=seed)
+    ids = df.Id.values; known = df.groupby('Id').indices
+    cand = sorted(k for k,v in known.items() if len(v) >= 2 and k != NEW_WHALE)
+    k = int(round(len(cand)*frac))
+    if n <= 1 or not k: return [first]
+    used = {w: set(known[w][first[known[w]]].tolist()) for w in cand}      # each whale's photos held out so far
+    rng = np.random.default_rng([seed, 1])
+    queue = [w for w in rng.permutation(cand) if not used[w]]               # the whales the first split kept in
+    nw, masks = np.flatnonzero(ids == NEW_WHALE), [first]
+    while len(masks) < n:
+        if len(queue) < k: queue += [w for w in rng.permutation(cand) if w not in queue]
+        take, queue = queue[:k], queue[k:]
+        held = []
+        for w in take:
+            fresh = [i for i in known[w] if i not in used[w]] or list(known[w])
+            i = int(rng.choice(fresh)); used[w].add(i); held.append(i)
+        n_nw = min(int(round(len(take)*new_frac/(1 - new_frac))), len(nw))
+        held += list(rng.choice(nw, n_nw, replace=False)) if n_nw else []
+        m = np.zeros(len(df), bool); m[np.array(held, dtype=int)] = True; masks.append(m)
+    return masks
+
+def n_splits(n_known:int, enough:int=50, most:int=5) -> int:
+    "How many repeated splits pool `enough` known held-out photos when one split has `n_known` (at most `most`)"
+    return 1 if n_known <= 0 or n_known >= enough else int(min(most, math.ceil(enough/n_known)))
+
+# %% ../nbs/07_pipeline.ipynb #b8a85b2c
+def _key(m) -> tuple:
+    "Which extra `m` is, whatever it found on its split (pseudo-labels: their confidence, not their count)"
+    return tuple(sorted((k, v['conf'] if k == 'pseudo' else v) for k,v in _extra(m).items()))
+
+def pool(name, per:list, splits:list, secs:float=0., info:dict|None=None, prior:float=0.) -> ModelScores:
+    "One `ModelScores` of `per`, one a split: held-out rows stacked (split r's renamed `name@r`), test scores averaged"
+    names = [n if r == 0 else f'{n}@{r}' for r,s in enumerate(splits) for n in s.vnames]
+    v = np.concatenate([m.valid.values for m in per]); t = sum(m.test.values for m in per)/len(per)
+    return ModelScores.fit(name, ScoreMatrix(names, per[0].valid.ids, v), [a for m in per for a in m.truth],
+                           ScoreMatrix(per[0].test.names, per[0].test.ids, t), secs,
+                           per[0].info if info is None else info, prior=prior)
+
+def score_splits(name, imgs, splits:list, timgs, preset:Preset, *, path=None, budget=None, cache_dir=None):
+    "`ModelScores` of model `name` fitted on each of `splits`, every choice made on their pooled held-out photos"
+    t0, spec, p = time.monotonic(), MODELS[name], preset
+    crops = timgs if isinstance(timgs, list) else [timgs]
+    per = []
+    for r,split in enumerate(splits):       # an equal share of what is left, each; split r > 0 saves under split<r>
+        share = None if budget is None else TimeBudget(None if math.isinf(budget.left)
+                                                        else budget.left/(len(splits) - r)/60)
+        reserve = 0.1*share.left if share is not None and math.isfinite(share.left) else 0.
+        model = fit_model(name, imgs, split, p, path=None if path is None else Path(path)/(f'split{r}' if r else ''),
+                          budget=share, reserve=reserve, cache_dir=cache_dir)
+        sc = score_views(spec, model, imgs, crops, split, p)
+        per.append(extras(spec, sc, split, p, _maker(name, split, _fit_info(model), t0, p.thr_prior)))
+    kept = [str(pl.info.get('kept') or '-') for pl,_ in per]
+    info = {**per[0][0].info, 'kept': kept[0] if len(set(kept)) == 1 else ' / '.join(kept), 'splits': len(splits)}
+    secs = time.monotonic() - t0
+    plain = pool(name, [pl for pl,_ in per], splits, secs, info, p.thr_prior)
+    keys = list(dict.fromkeys(_key(c) for _,cs in per for c in cs))
+    def cand(k):                            # a split that did not try extra `k` (no confident photo) stands plain
+        ms = [next((c for c in cs if _key(c) == k), pl) for pl,cs in per]
+        return pool(name, ms, splits, secs, {**info, **_extra(next(m for m in ms if _key(m) == k))}, p.thr_prior)
+    n_known = int(np.isin(np.asarray(plain.truth, dtype=object), plain.valid.ids).sum())
+    log.info(f'{name}: {len(splits)} splits pooled, {len(plain.truth)} held-out photos ({n_known} of known whales); '
+             f'kept {info["kept"]}')
+    ms = keep_best(name, plain, [cand(k) for k in keys], p.select_z)
     ms.secs = time.monotonic() - t0
     return ms
 
@@ -395,51 +475,90 @@ def make_split(ph:Photos, p:Preset) -> Split:
                     'leaderboard\'s 27.6% of test photos)')
     return Split(ph.train.Id.values, is_valid, list(ph.train.Image[is_valid]), list(ph.test.Image))
 
+def make_splits(ph:Photos, p:Preset) -> list:
+    "`make_split`'s split, and as many repeated ones as bring its known held-out photos to `enough_valid` (`n_splits`)"
+    first = make_split(ph, p)
+    n = n_splits(len(first.valid_known), p.enough_valid, p.max_splits)
+    if n == 1: return [first]
+    masks = valid_splits(ph.train, n, seed=p.seed)[1:]
+    log.info(f'{len(first.valid_known)} known held-out photos are fewer than the {p.enough_valid} that tell choices '
+             f'0.05 apart: every choice pools {n} splits')
+    return [first] + [Split(ph.train.Id.values, m, list(ph.train.Image[m]), list(ph.test.Image)) for m in masks]
+
 # %% ../nbs/07_pipeline.ipynb #197c0258
-def _scores_of(name, ph:Photos, split:Split, p:Preset, out:Path, *, budget:TimeBudget, n_left:int, stages):
+def _scores_of(name, ph:Photos, splits:list, p:Preset, out:Path, *, budget:TimeBudget, n_left:int, stages):
     "Model `name`'s `ModelScores`: reused if this run made them before, else fitted in its share of `budget` (`n_left`)"
     fp = _fingerprint(__version__, name, dataclasses.asdict(p), list(ph.size), list(ph.train.Image), list(ph.train.Id),
-                      split.tnames, split.is_valid.tolist())
+                      splits[0].tnames, *(s.is_valid.tolist() for s in splits))
     fn = out/'scores'/f'{name}_{fp}.npz'
     if fn.exists():
         log.info(f'{name}: reusing finished scores {fn}'); return ModelScores.load(fn)
-    if name == 'siamese' and (why := _no_pairs(split.ids[split.train])):
+    if name == 'siamese' and (why := next(filter(None, (_no_pairs(s.ids[s.train]) for s in splits)), None)):
         log.warning(f'siamese: skipped, {why}'); return None
     if (left := budget.left) < 10:
         log.warning(f'{name}: skipped, the time budget is spent ({left:.0f}s left)'); return None
     share = TimeBudget(None if math.isinf(left) else left/n_left/60)     # an equal share of what is left
     try:
         with stages(name):
-            s = score_model(name, ph.imgs, split, ph.crops, p, path=out/'models'/name, budget=share, cache_dir=ph.cache)
+            s = score_model(name, ph.imgs, splits, ph.crops, p, path=out/'models'/name, budget=share, cache_dir=ph.cache)
     except (CompetitionError, KeyboardInterrupt): raise
     except Exception as e:
         log.error(f'{name}: failed ({type(e).__name__}: {e}); the run goes on without it'); return None
     fn.parent.mkdir(exist_ok=True); tmp = fn.with_name(fn.stem + '.tmp.npz'); s.save(tmp); tmp.replace(fn)
     return s
 
-def fit_all(models, ph:Photos, split:Split, p:Preset, out:Path, budget:TimeBudget, *, stages, publish=None) -> tuple:
+def gate(res:list, z:float, base:str='knn') -> tuple:
+    "(members, left out): `base` and each model whose paired validation gain over it beats `z` SEs; out: (gain, SE)"
+    b = next((m for m in res if m.name == base), None)
+    if b is None or not b.has_valid: return list(res), {}
+    ins, out = [], {}
+    for m in res:
+        if m is b: ins.append(m); continue
+        a = ModelScores(m.name, m.valid.align(b.valid.ids, b.valid.names), m.truth, m.test, m.ab, m.thr)
+        keep,g,se = beats(_aps(a), _aps(b), z)
+        if keep: ins.append(m)
+        else: out[m.name] = (g, se)
+    return ins, out
+
+def blend_members(res:list, z:float, prior:float=0.) -> ModelScores:
+    "The power-mean `blend` of the models `gate` lets in (weight 0 for the others, named in `info['left_out']`)"
+    ins, out = gate(res, z)
+    ens = blend(ins, prior=prior)
+    if len(ins) == 1 and len(res) > 1:             # the kNN alone: a one-member blend, said as such
+        ens = dataclasses.replace(ens, name=f'blend({ens.name})', info=dict(alpha=1.))
+    if len(res) > 1:
+        w = ens.info.get('weights', {ins[0].name: 1.})
+        ens.info = {**ens.info, 'weights': {m.name: w.get(m.name, 0.) for m in res},
+                    'left_out': {k: dict(gain=round(g, 4), se=round(se, 4)) for k,(g,se) in out.items()}}
+    return ens
+
+def fit_all(models, ph:Photos, splits:list, p:Preset, out:Path, budget:TimeBudget, *, stages, publish=None) -> tuple:
     "(scores, their submissions, the blend): each model in turn, the blend's submission rewritten after each"
-    res, subs, ens = [], {}, None
+    res, subs, ens, tnames = [], {}, None, splits[0].tnames
     for i,name in enumerate(models):
-        s = _scores_of(name, ph, split, p, out, budget=budget, n_left=len(models) - i, stages=stages)
+        s = _scores_of(name, ph, splits, p, out, budget=budget, n_left=len(models) - i, stages=stages)
         if s is None: continue
         kept = s.info.get("kept") or "-"
         print(f'{name}: validation MAP@5 = {_fmt(s.map_valid)} (kept {kept}, {s.secs:.0f}s)', flush=True)
         res.append(s)
-        subs[name] = write_submission(out/f'submission_{name}.csv', split.tnames, predict_top5(s.pt, s.test.ids, s.thr))
-        ens = blend(res)                          # the blend of what has finished so far
-        write_submission(out/'submission.csv', split.tnames, predict_top5(ens.pt, ens.test.ids, ens.thr))
+        subs[name] = write_submission(out/f'submission_{name}.csv', tnames, predict_top5(s.pt, s.test.ids, s.thr))
+        ens = blend_members(res, p.select_z, p.thr_prior)     # the blend of what has finished so far
+        if name in ens.info.get('left_out', {}):
+            g = ens.info['left_out'][name]
+            log.info(f"{name}: left out of the blend, its paired validation gain over the kNN {g['gain']:+.4f} ± "
+                     f"{g['se']:.4f} is within {p.select_z:g} standard error(s)")
+        write_submission(out/'submission.csv', tnames, predict_top5(ens.pt, ens.test.ids, ens.thr))
         _publish(out, publish)                    # a kill from here on still leaves this answer where it is kept
     if not res:            # still a valid submission: new_whale, then the commonest whales
-        ids = split.ids; top = pd.Series(ids[ids != NEW_WHALE]).value_counts().index[:4].tolist()
-        write_submission(out/'submission.csv', split.tnames, [[NEW_WHALE] + top]*len(split.tnames))
+        ids = splits[0].ids; top = pd.Series(ids[ids != NEW_WHALE]).value_counts().index[:4].tolist()
+        write_submission(out/'submission.csv', tnames, [[NEW_WHALE] + top]*len(tnames))
         _publish(out, publish)
         raise RunError(f'no model finished (see the log above); {out/"submission.csv"} holds the fallback answer, '
                        f'new_whale then the {len(top)} commonest whales')
     return res, subs, ens
 
 # %% ../nbs/07_pipeline.ipynb #7e42db22
-def summarize(res, subs, ens, ph:Photos, split:Split, *, p:Preset, out:Path, secs:dict, stages) -> dict:
+def summarize(res, subs, ens, ph:Photos, splits:list, *, p:Preset, out:Path, secs:dict, stages) -> dict:
     "The run's `summary.json`: figures of each model and the blend, test MAP@5 (with `solution.csv`), each stage's cost"
     if len(res) > 1:
         w, a = ens.info['weights'], ens.info['alpha']
@@ -451,11 +570,13 @@ def summarize(res, subs, ens, ph:Photos, split:Split, *, p:Preset, out:Path, sec
     every = res + ([ens] if len(res) > 1 else [])
     key = lambda s: 'blend' if s is ens and len(res) > 1 else s.name
     return dict(data=str(ph.data), preset=p.name, size=list(ph.size), models=[s.name for s in res],
-                n_train=len(ph.train), n_valid=int(split.is_valid.sum()), n_test=len(ph.test), **secs,
+                n_train=len(ph.train), n_valid=int(sum(s.is_valid.sum() for s in splits)),
+                splits=len(splits), n_test=len(ph.test), **secs,
                 valid={key(s): None if math.isnan(s.map_valid) else round(s.map_valid, 4) for s in every},
                 thr={key(s): round(s.thr, 4) for s in every},
                 secs={s.name: round(s.secs, 1) for s in res}, kept={s.name: s.info.get('kept') for s in res},
-                blend=ens.info.get('weights') and dict(weights=ens.info['weights'], alpha=ens.info['alpha']),
+                blend=ens.info.get('weights') and dict(weights=ens.info['weights'], alpha=ens.info['alpha'],
+                                                        left_out=ens.info.get('left_out') or None),
                 test=({k: round(v, 4) for k,v in test_maps.items()} or None), stages=stages.rec)
 
 def _run(data, out:Path, p:Preset, models, budget:TimeBudget, *, n_whales=None, quiet=None, boxes=None,
@@ -470,10 +591,10 @@ def _run(data, out:Path, p:Preset, models, budget:TimeBudget, *, n_whales=None, 
             log.info(f'no --data: writing the synthetic default competition to {data}')
             make_synth(data, **({} if n_whales is None else dict(n_whales=n_whales)), seed=p.seed)
     with stages('data'): ph = read_photos(data, out, p, boxes)
-    split = make_split(ph, p)
+    splits = make_splits(ph, p)
     t_data = time.monotonic() - t0
-    with quiet_bars(quiet): res, subs, ens = fit_all(models, ph, split, p, out, budget, stages=stages, publish=publish)
-    summary = summarize(res, subs, ens, ph, split, p=p, out=out, stages=stages,
+    with quiet_bars(quiet): res, subs, ens = fit_all(models, ph, splits, p, out, budget, stages=stages, publish=publish)
+    summary = summarize(res, subs, ens, ph, splits, p=p, out=out, stages=stages,
                         secs=dict(data_secs=round(t_data, 1), total_secs=round(time.monotonic() - t0, 1)))
     from whale_kernel.report import report
     with stages('report'): report(out, res, ens, summary, train=ph.train, imgs=ph.imgs, timgs=ph.crops[0])

@@ -61,16 +61,19 @@ def report(out, res, ens, summary, train=None, imgs=None, timgs=None):
                      f"{(summary.get('kept') or {}).get(k) or '-'} | {test.get(k, float('nan')):.4f} |"
                      for k, v in summary['valid'].items())
     bl = summary.get('blend')
+    split_txt = f", over {summary['splits']} repeated splits" if summary.get('splits', 1) > 1 else ''
+    out_txt = '' if not bl or not bl.get('left_out') else ('; left out, no clear gain over the kNN on validation: ' +
+        ', '.join(f"{k} {g['gain']:+.4f} ± {g['se']:.4f}" for k,g in bl['left_out'].items()))
     (out/'report.md').write_text(f"""# whale_kernel run
 
 data `{summary['data']}`, preset `{summary['preset']}`, input {summary['size'][0]}×{summary['size'][1]}: {summary['n_train']}
-train photos ({summary['n_valid']} held out for validation), {summary['n_test']} test photos; {summary['total_secs']:.0f}s in all
+train photos ({summary['n_valid']} held out for validation{split_txt}), {summary['n_test']} test photos; {summary['total_secs']:.0f}s in all
 ({summary['data_secs']:.0f}s reading and caching).
 
 | model | validation MAP@5 | new_whale threshold | weights kept | test MAP@5 (solution.csv) |
 |---|---|---|---|---|
 {rows}
-{'' if not bl else f"{chr(10)}Blend: power mean with weights {bl['weights']} and α = {bl['alpha']}, searched on validation.{chr(10)}"}
+{'' if not bl else f"{chr(10)}Blend: power mean with weights {bl['weights']} and α = {bl['alpha']}, searched on validation{out_txt}.{chr(10)}"}
 ![report](report.png)
 
 Test photos and the train photos of their five predicted whales:

@@ -129,7 +129,8 @@ class Checkpoint(Callback):
 class BudgetCallback(Callback):
     "Stop `fit` once `budget` has less than `reserve` seconds plus one more epoch left; records epoch times in `times`"
     order = 100
-    def __init__(self, budget:TimeBudget, reserve:float=0.): store_attr('budget,reserve'); self.t0,self.times = None,[]
+    def __init__(self, budget:TimeBudget, reserve:float=0., replan:bool=False):
+        store_attr('budget,reserve,replan'); self.t0,self.times = None,[]
     def before_train(self): self.t0 = time.monotonic()
     def after_epoch(self):
         if self.t0 is None: return   # skipped on resume: nothing was trained
@@ -141,6 +142,9 @@ class BudgetCallback(Callback):
                         f'({self.budget.left:.0f}s left, epoch took {took:.0f}s)')
             self.learn.halted = 'budget'
             raise CancelFitException()
+        more = self.n_epoch - self.epoch - 1          # `replan`: the planned epochs no longer fit, `fit_stages` shortens
+        if self.replan and more > 0 and not self.budget.allows(self.reserve + took*more):
+            self.learn.halted = 'replan'; raise CancelFitException()
 
 # %% ../nbs/03b_train.ipynb #a75ff932
 def paired_gain(a, b) -> tuple:
@@ -287,9 +291,16 @@ def fit_stages(learn:Learner, stages:list, fname=None, budget:TimeBudget|None=No
                 learn.halted = 'budget'; break
             _set_freeze(learn, st.freeze)
             if ck is not None and ck['stage'] == st.name and ck.get('opt'): load_opt_state(learn, ck['opt'])
-            bcb = BudgetCallback(budget or TimeBudget(None), reserve)
+            bcb = BudgetCallback(budget or TimeBudget(None), reserve, replan=True)
             stage_cbs = [bcb] + ([] if fname is None else [Checkpoint(fname, st.name, **meta)])
             learn.fit_one_cycle(n, st.lr, start_epoch=start, cbs=stage_cbs + list(L(cbs)))
+            while learn.halted == 'replan':      # the rest of the schedule, shortened to what the budget holds
+                done = learn.epoch + 1; m = min(n - 1, _fit_epochs(st, done, budget, reserve, float(np.mean(bcb.times))))
+                log.warning(f'time budget: stage {st.name} shortened from {n} to {m} epochs after epoch {done - 1} '
+                            f'({bcb.times[-1]:.1f}s each); its schedule anneals within the budget')
+                learn.halted, n = None, m
+                if n <= done: break
+                learn.fit_one_cycle(n, st.lr, start_epoch=done, cbs=stage_cbs + list(L(cbs)))
             if bcb.times:
                 spe = float(np.mean(bcb.times)) * (3. if st.freeze == 'backbone' and i+1 < len(stages) else 1.)
             learn.fit_log.append(dict(stage=st.name, epochs=n, start=start, secs=[round(t, 2) for t in bcb.times]))

@@ -1,0 +1,104 @@
+"Choices made on repeated splits: the splits themselves, pooled evidence against a lucky split, the blend's members, the threshold's prior"
+import numpy as np, pandas as pd, pytest
+from types import SimpleNamespace
+from whale_kernel.core import get_preset
+from whale_kernel.ensemble import ModelScores, ScoreMatrix, shrunk, blend
+from whale_kernel.metrics import ratio_threshold, query_aps
+import whale_kernel.pipeline as P
+from whale_kernel.pipeline import ModelSpec, Split, valid_splits, n_splits, pool, keep_best, gate, blend_members
+
+WH = [f'w{i}' for i in range(10)]
+
+def _scores(right, name='toy', r=0, info=None, test_seed=0):
+    "10 held-out photos (photo i shows whale i): the true whale first where `right`, else second behind whale i+1"
+    v = np.full((10, 10), 0.1, np.float32)
+    for i in range(10): v[i, i] = 0.8 if right[i] else 0.6; v[i, (i + 1) % 10] = 0.7
+    t = np.random.default_rng(test_seed).random((4, 10)).astype(np.float32)
+    return ModelScores.fit(name, ScoreMatrix([f'v{r}_{i}' for i in range(10)], WH, v), WH,
+                           ScoreMatrix([f't{j}' for j in range(4)], WH, t), info=dict(info or {}))
+
+def test_lucky_split_does_not_decide():
+    "An extra that wins clearly on one split, by luck, and loses on three more: one split keeps it, the pooled four do not"
+    plain = [_scores([1]*6 + [0]*4, r=r) for r in range(4)]
+    cand = [_scores([1]*10 if r == 0 else [1]*2 + [0]*8, r=r, info=dict(rerank=1.)) for r in range(4)]
+    assert keep_best('toy', plain[0], [cand[0]], 1.) is cand[0]            # the lucky split alone: kept
+    splits = [SimpleNamespace(vnames=[f'p{i}' for i in range(10)]) for _ in range(4)]
+    pp, pc = pool('toy', plain, splits), pool('toy', cand, splits, info=dict(rerank=1.))
+    assert len(pp.truth) == 40 and pp.valid.names[10] == 'p0@1'           # every split's rows, renamed after the first
+    assert keep_best('toy', pp, [pc], 1.) is pp                            # pooled: not kept
+    np.testing.assert_allclose(pp.test.values, sum(m.test.values for m in plain)/4, rtol=1e-6)
+
+def _comp(n_whales=12, photos=(2, 3), n_new=10, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [f'w{i}' for i in range(n_whales) for _ in range(photos[i % len(photos)])] + ['new_whale']*n_new
+    return pd.DataFrame({'Image': [f'{i}.jpg' for i in range(len(ids))], 'Id': rng.permutation(ids)})
+
+def test_valid_splits_deterministic_and_every_whale_takes_a_turn():
+    df = _comp()
+    a, b, c = valid_splits(df, 4, seed=1), valid_splits(df, 4, seed=1), valid_splits(df, 4, seed=2)
+    assert len(a) == 4 and all((x == y).all() for x,y in zip(a, b))          # the same for a seed
+    assert any((x != y).any() for x,y in zip(a, c))                           # another seed, other splits
+    np.testing.assert_array_equal(a[0], P.valid_split(df, seed=1))            # the first is the run's own split
+    held = lambda m: set(df.Id[m]) - {'new_whale'}
+    assert held(a[0]).isdisjoint(held(a[1])) and held(a[0]) | held(a[1]) == set(df.Id) - {'new_whale'}
+    for m in a:                                     # one photo per whale, never the last one of it, new_whale distractors
+        vc = df.Id[m].value_counts(); assert (vc.drop('new_whale') == 1).all() and vc['new_whale'] > 0
+    three = df.Id.map(df.Id.value_counts()) == 3    # a whale with three photos shows another one on its second turn
+    turns = [set(df.Image[m & three]) for m in a]
+    assert not (turns[0] & turns[2]) or not (turns[1] & turns[3])
+
+def test_n_splits_rule():
+    assert n_splits(50) == 1 and n_splits(200) == 1 and n_splits(0) == 1     # enough (or nothing to repeat)
+    assert n_splits(20) == 3 and n_splits(10) == 5 and n_splits(3) == 5      # to 50 pooled, at most 5
+    assert n_splits(10, enough=30, most=2) == 2
+
+def _sim(model, q, g):
+    q, g = (np.asarray(o, np.float32) for o in (q, g))
+    q, g = (o/np.linalg.norm(o, axis=1, keepdims=True).clip(1e-9) for o in (q, g))
+    return q @ g.T
+
+def _feats(model, imgs, tta=True, idxs=None): return np.asarray(imgs if idxs is None else imgs[np.asarray(idxs)], np.float32)
+
+def test_score_model_pools_repeated_splits(monkeypatch):
+    "`score_model` on three splits: fitted on each, held-out rows stacked, test scores averaged, the same twice"
+    fits = []
+    spec = ModelSpec('toy', lambda imgs, ids, train, **kw: fits.append(len(train)), _feats, _sim)
+    monkeypatch.setitem(P.MODELS, 'toy', spec)
+    rng = np.random.default_rng(0)
+    df = _comp(n_whales=10, photos=(2, 3), n_new=8)
+    who = pd.factorize(df.Id)[0]; centres = rng.standard_normal((who.max() + 1, 16))
+    imgs = centres[who] + 0.5*rng.standard_normal((len(df), 16)); test = centres[:6] + 0.5*rng.standard_normal((6, 16))
+    masks = valid_splits(df, 3, seed=0)
+    splits = [Split(df.Id.values, m, list(df.Image[m]), [f't{i}' for i in range(6)]) for m in masks]
+    p = get_preset('cpu', pseudo=False, rerank_beta=(1.,), thr_prior=0.)
+    ms = P.score_model('toy', imgs, splits, test, p)
+    assert len(fits) == 3 and ms.info['splits'] == 3
+    assert ms.valid.names == [n if r == 0 else f'{n}@{r}' for r,s in enumerate(splits) for n in s.vnames]
+    assert ms.truth == [t for s in splits for t in s.ids[s.valid]]
+    one = [P.score_model('toy', imgs, s, test, p) for s in splits]    # test scores: the mean of each split's (extras aside)
+    if not ms.info.get('rerank'):
+        np.testing.assert_allclose(ms.test.values, sum(m.test.values for m in one)/3, rtol=1e-5)
+    again = P.score_model('toy', imgs, splits, test, p)
+    np.testing.assert_array_equal(again.valid.values, ms.valid.values); assert again.thr == ms.thr
+
+def test_gate_keeps_out_what_does_not_clearly_beat_the_knn():
+    knn = _scores([1]*6 + [0]*4, 'knn')
+    same = _scores([1]*5 + [0]*4 + [1], 'arcface')          # as good, on other photos: no clear gain
+    better = _scores([1]*10, 'siamese')                      # four photos better, none worse: a clear gain
+    ins, out = gate([knn, same, better], 1.)
+    assert [m.name for m in ins] == ['knn', 'siamese'] and set(out) == {'arcface'} and out['arcface'][0] == 0
+    ens = blend_members([knn, same], 1.)                     # nothing but the kNN passes: a one-member blend
+    assert ens.name == 'blend(knn)' and ens.info['weights'] == {'knn': 1., 'arcface': 0.}
+    np.testing.assert_array_equal(ens.pt, knn.pt); assert ens.thr == knn.thr
+    assert ens.info['left_out']['arcface']['gain'] == 0
+    assert gate([same, better], 1.)[0] == [same, better]      # without a kNN to compare with, nothing is gated
+
+def test_threshold_prior():
+    rng = np.random.default_rng(0)
+    pv, pt = rng.random((20, 10)), rng.random((50, 10))
+    truth = [WH[i % 10] for i in range(14)] + ['new_whale']*6
+    assert shrunk(0.3, 0.5, pv, pt, WH, truth, 0.) == (0.3, 0.5)          # no prior: as searched
+    t, m = shrunk(0.3, 0.5, pv, pt, WH, truth, 20.)                       # n = 20 photos, prior 20: halfway
+    assert t == pytest.approx(0.5*0.3 + 0.5*ratio_threshold(pt))
+    assert m == pytest.approx(float(query_aps(pv, WH, truth, t).mean()))
+    assert shrunk(0.3, 0.5, pv, pt, WH, truth, 1e9)[0] == pytest.approx(ratio_threshold(pt))
