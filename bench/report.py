@@ -190,7 +190,8 @@ def sec_small(rs):
          'own `solution.csv`.', '']
     for r in rs:
         import small_sets
-        L += [f"{where(r)}, `{r['command']}`{' (overrides ' + str(r['sets']) + ')' if r.get('sets') else ''}:", '',
+        L += [f"{where(r)}, `{r['command']}`{' (overrides ' + str(r['sets']) + ')' if r.get('sets') else ''}"
+              f"{'; whitening fitted on ' + r['whitening'] if r.get('whitening') else ''}:", '',
               small_sets.table(r), '']
     return L
 
@@ -203,6 +204,25 @@ def sec_default(rs):
     for r in rs:
         per = '; '.join(f"{o['wall_s']:.0f}, {(o['test'] or {}).get('blend', float('nan')):.4f}" for o in r['runs'])
         L.append(f"| {where(r)} | {len(r['runs'])} | {r['median_wall_s']:.0f} | {r['median_blend_test']:.4f} | {r['max_log_lines']} | {per} |")
+    return L
+
+def sec_whitening(rs):
+    "Which photos the imprinted whitening is fitted on: the scale of held-out against test photos"
+    L = ['## whitening: which photos the imprinted whitening neck is fitted on', '',
+         '`python bench/whitening.py --runs RUN_OR_DATA ...`: the frozen ArcFace\'s features on the run\'s first split; per '
+         'whitening set, the median best-match cosine of known and new_whale photos, held-out against test, and known-photo '
+         'retrieval MAP@5. Held-out and test photos on one scale is what lets a threshold chosen on validation work on test.', '']
+    for r in rs:
+        L += [f"{where(r)}, `{r['command']}`:", '',
+              '| set | whitening fitted on | known: held-out / test cosine | new_whale: held-out / test cosine | retrieval MAP@5: held-out / test |',
+              '|---|---|---|---|---|']
+        for o in r['sets']:
+            for k, v in o.items():
+                if not isinstance(v, dict): continue
+                b, m = v['best_cos'], v['known_map']
+                L.append(f"| {Path(o['data']).parent.name if Path(o['data']).name == 'data' else Path(o['data']).name} | {k} | "
+                         f"{b['valid_known']:.3f} / {b['test_known']:.3f} | {b['valid_new']:.3f} / {b['test_new']:.3f} | "
+                         f"{m['valid']:.3f} / {m['test']:.3f} |")
     return L
 
 def sec_blend_rules(rs):
@@ -222,8 +242,9 @@ def main():
     L = [HEAD]
     for name, sec in [('train_throughput', sec_train), ('loader', sec_loader), ('lap_epoch', sec_lap), ('pairs', sec_pairs),
                       ('fullsize', sec_full), ('cpu_precision', sec_cpu), ('rehearsal', sec_rehearsal),
-                      ('default_run', sec_default), ('small_sets', sec_small), ('blend_rules', sec_blend_rules)]:
-        rs = load(name)
+                      ('default_run', sec_default), ('small_sets', sec_small), ('whitening', sec_whitening),
+                      ('blend_rules', sec_blend_rules)]:
+        rs = load(name) + (load('small_sets_whiten_all') if name == 'small_sets' else [])   # the same draws, whitened on every photo
         if rs or name == 'rehearsal': L += sec(rs) + ['']
         else: L += [f'## {name}', '', f'(no results yet: `python bench/{name}.py`)', '']
     L += [NOTES, 'Older benchmarks: `bench_data.py`, `bench_arcface.py`, `bench_lap.py`, `bench_synth.py` (results in `results/*.md`).', '']

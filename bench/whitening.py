@@ -1,72 +1,82 @@
-"""Which photos the imprinted whitening neck may see: a held-out photo inside the whitening set is easier to retrieve
-than a test photo outside it, so validation flatters a whitened model unless both sit on the same side.
+"""Which photos the imprinted whitening neck is fitted on, and what validation then says about test.
 
-For each set: the run's first split, the frozen ArcFace's features (`arcface_frozen_arch` side by side, from the run's
-cache when `--runs` points at finished runs), and known-photo retrieval MAP@5 (no new_whale, `reduce` over each whale's
-photos) of held-out photos against the training gallery and of test photos against every known photo, with the
-whitening fitted on (a) every train photo, held-out ones included, (b) the training rows only, (c) every train and
-test photo. `solution.csv` names the test photos' whales; it is read for this score only.
+A frozen ArcFace or Siamese at step 0 is a PCA whitening of pooled backbone features (`pca_whitening`, `emb_dim`
+directions). With fewer photos than feature dimensions, a photo inside the whitening set keeps directions of its own
+that the whitening blows up, so its cosine to every other photo drops; a photo outside it does not. Held-out photos
+inside the set and test photos outside it then score on different scales, and a new_whale threshold chosen on
+validation misplaces new_whale on test.
 
-    python bench/whitening.py --runs /tmp/whale_bench/small_sets/draw* --json bench/results/whitening.json
+For each set (finished runs' folders with `data/` and `out/`, or competition folders): the run's first split, the frozen
+ArcFace's features (`arcface_frozen_arch` side by side, read from the run's cache when there is one), and, per
+whitening set: the median best-match cosine of held-out and of test photos (known whales and new_whale apart), and
+known-photo retrieval MAP@5 (held-out photos against the training gallery, test photos against every known photo).
+Whitening sets: every train photo (held-out ones in), the training rows only, every train and test photo.
+`solution.csv` names the test photos' whales and is read for these scores only.
+
+    python bench/whitening.py --runs /tmp/whale_bench/small_sets/draw{0..9} ../shared/data/dogfaces
 """
-import argparse, json, sys, time, datetime, platform, os
+import argparse, sys
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
-from whale_kernel.core import get_preset, NEW_WHALE
+from _util import meta, write, TMP
+from whale_kernel.core import get_preset
+from whale_kernel.data import preset_aug
 from whale_kernel.pipeline import read_photos, make_splits
 from whale_kernel.arcface import arcface_model, _frozen_views, _parts
 from whale_kernel.backbone import weights_tag
 from whale_kernel.train import frozen_size, pca_whitening, cosine_sim, retrieval_aps
-from whale_kernel.data import preset_aug
 
 def embed(pv, mu, w):
     "Whitened, L2-normalised embeddings (V,N,D) of pooled views `pv` (V,N,C)"
     return F.normalize((pv - mu) @ w.T, dim=-1)
 
-def known_map(e, q, g, ids, qids):
-    "Mean AP@5 of queries `q` (rows of e, whales `qids`) against gallery rows `g` of `e`, views averaged"
-    s = cosine_sim(e[:, q].transpose(0, 1).flatten(1), e[:, g].transpose(0, 1).flatten(1), views=e.shape[0])
-    return float(retrieval_aps(s, qids, ids[g]).mean())
+def best(e, q, g) -> np.ndarray:
+    "Each query row `q`'s best cosine to gallery rows `g` of embeddings `e` (V,N,D), views averaged"
+    return cosine_sim(e[:, q].transpose(0, 1).flatten(1), e[:, g].transpose(0, 1).flatten(1), views=e.shape[0])
 
-def one(data, out, p):
+def one(data:Path, out:Path, p) -> dict:
     ph = read_photos(data, out, p); split = make_splits(ph, p)[0]
     archs = p.arcface_frozen_arch
     model = arcface_model(archs, p.weights, 2, p.emb_dim, p.arcface_k, pool='avg')
-    parts = _parts(model.backbone)
     c = dict(cache_dir=out/'cache', aug_kw=preset_aug(p), seed=p.seed, tags=[weights_tag(a, p.weights) for a in archs],
-             sizes=[frozen_size(b, ph.imgs.shape[1:3], p.frozen_res) for b in parts])
+             sizes=[frozen_size(b, ph.imgs.shape[1:3], p.frozen_res) for b in _parts(model.backbone)])
     pv, pt = _frozen_views(model.backbone, ph.imgs, 2, c), _frozen_views(model.backbone, ph.crops[0], 2, c)
-    ids = split.ids
-    sol = pd.read_csv(Path(data)/'solution.csv').set_index('Image').Id.reindex(ph.test.Image).values
-    tq = np.flatnonzero(np.isin(sol, split.whales))
-    q, g = split.valid_known, split.train_gallery
-    sets = {'every train photo': pv[:, :].flatten(0, 1), 'training rows only': pv[:, split.train].flatten(0, 1),
+    ids, n_test = split.ids, pt.shape[1]
+    sol = pd.read_csv(data/'solution.csv').set_index('Image').Id.reindex(ph.test.Image).values
+    allid = np.r_[sol, ids]                                     # test rows first, then the train rows
+    tk = np.isin(sol, split.whales)
+    vk = np.isin(ids[split.valid], split.whales)
+    sets = {'every train photo': pv.flatten(0, 1), 'training rows only': pv[:, split.train].flatten(0, 1),
             'train and test photos': torch.cat([pv.flatten(0, 1), pt.flatten(0, 1)])}
     res = {}
     for k, x in sets.items():
         mu, w = pca_whitening(x, p.emb_dim)
-        ev, et = embed(pv, mu, w), embed(pt, mu, w)
-        both = torch.cat([et, ev[:, split.gallery]], 1)
-        res[k] = dict(valid=round(known_map(ev, q, g, ids, ids[q]), 4),
-                      test=round(known_map(both, tq, len(pt[0]) + np.arange(len(split.gallery)),
-                                           np.r_[sol, ids[split.gallery]], sol[tq]), 4))
-    return dict(data=str(data), n_train=len(ids), n_valid_known=len(q), n_test_known=len(tq), **res)
+        e = torch.cat([embed(pt, mu, w), embed(pv, mu, w)], 1)
+        sv = best(e, n_test + split.valid, n_test + split.train_gallery)
+        st = best(e, np.arange(n_test), n_test + split.gallery)
+        med = lambda s, m: round(float(np.median(s.max(1)[m])), 3)
+        res[k] = dict(best_cos=dict(valid_known=med(sv, vk), test_known=med(st, tk), valid_new=med(sv, ~vk),
+                                    test_new=med(st, ~tk)),
+                      known_map=dict(valid=round(float(retrieval_aps(sv[vk], ids[split.valid][vk],
+                                                                     allid[n_test + split.train_gallery]).mean()), 4),
+                                     test=round(float(retrieval_aps(st[tk], sol[tk],
+                                                                    allid[n_test + split.gallery]).mean()), 4)))
+    return dict(data=str(data), n_train=len(ids), n_valid_known=int(vk.sum()), n_test_known=int(tk.sum()), **res)
 
-if __name__ == '__main__':
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--runs', nargs='+', required=True, help="finished runs' folders (data/ and out/ inside, or a "
-                    'competition folder: its features are cached under --scratch)')
-    ap.add_argument('--scratch', default='/tmp/whale_bench/whitening')
-    ap.add_argument('--json', default='bench/results/whitening.json')
-    a = ap.parse_args()
-    p = get_preset('cpu'); t0 = time.time(); rows = []
+    ap.add_argument('--runs', nargs='+', required=True)
+    a = ap.parse_args(argv)
+    p = get_preset('cpu'); rows = []
     for r in map(Path, a.runs):
-        data, out = (r/'data', r/'out') if (r/'data').is_dir() else (r, Path(a.scratch)/r.name)
+        data, out = (r/'data', r/'out') if (r/'data').is_dir() else (r, TMP/'whitening'/r.name)
         out.mkdir(parents=True, exist_ok=True)
-        rows.append(one(data, out, p)); print(json.dumps(rows[-1]), flush=True)
+        rows.append(one(data, out, p)); print(rows[-1], flush=True)
     keys = [k for k in rows[0] if isinstance(rows[0][k], dict)]
-    mean = {k: {s: round(float(np.mean([r[k][s] for r in rows])), 4) for s in ('valid', 'test')} for k in keys}
-    res = dict(date=str(datetime.date.today()), device=f'cpu: {os.cpu_count()}-core {platform.processor() or "x86_64"}',
-               command='python bench/whitening.py ' + ' '.join(sys.argv[1:]), secs=round(time.time() - t0, 1),
+    mean = {k: {g: {s: round(float(np.mean([r[k][g][s] for r in rows])), 4) for s in rows[0][k][g]}
+                for g in rows[0][k]} for k in keys}
+    res = dict(command='python bench/whitening.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
                sets=rows, mean=mean)
-    Path(a.json).write_text(json.dumps(res, indent=1) + '\n'); print(json.dumps(mean, indent=1))
+    write('whitening', {**meta(), **res}); print(mean)
+
+if __name__ == '__main__': main()

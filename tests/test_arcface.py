@@ -459,3 +459,19 @@ def test_fit_auto_cut_short_picks_up_its_fine_tune_checkpoint(tmp_path, wklog):
     assert 'no time to fine-tune' not in wklog.text and 'no time for epoch 1 of stage thaw' in wklog.text
     assert learn.fit_log == [] and len(learn.selectors) == 2 and len(learn.selectors[1].hist) == 1   # judged on its one epoch
     assert 'fine-tune' in learn.kept
+
+def test_whitening_sees_the_training_rows_only(monkeypatch):
+    "Held-out photos stay out of the imprinted whitening, as test photos do: changing them leaves the neck's fit unchanged"
+    import whale_kernel.arcface as A
+    seen = []
+    def spy(model, pooled, labels, n_ids, flipped=None, noise=0.01, white=None):
+        seen.append(white.clone()); return imprint(model, pooled, labels, n_ids, flipped, noise, white)
+    monkeypatch.setattr(A, 'imprint', spy)
+    imgs, ids = toy_whales(noise=False)
+    tr = np.setdiff1d(np.arange(len(ids)), VA)
+    other = imgs.copy(); other[VA] = 255 - other[VA]                   # the held-out photos, and nothing else, change
+    with quiet_bars(True):
+        for x in (imgs, other):
+            fit_arcface(x, ids, tr, VA, preset=tiny_preset(arcface_mode='frozen'), arcface_epochs=(1, 1), budget=TimeBudget(0))
+    assert len(seen) == 2 and len(seen[0]) == 2*len(tr)                 # plain and mirrored views of the training rows
+    torch.testing.assert_close(seen[0], seen[1])

@@ -227,3 +227,19 @@ def test_fit_bad_input():
     with pytest.raises(ValueError, match='photos but'): fit_siamese(imgs, ids[:-1], np.arange(5), preset=tiny_preset())
     with pytest.raises(ValueError, match='no whale has two'):
         fit_siamese(imgs, np.array([NEW_WHALE] * len(imgs)), np.arange(len(imgs)), preset=tiny_preset())
+
+def test_whitening_sees_the_training_rows_only(monkeypatch):
+    "Held-out photos stay out of the imprinted whitening, as test photos do: changing them leaves the neck's fit unchanged"
+    import whale_kernel.siamese as S
+    seen = []
+    def spy(model, pooled, pos=None, neg=None, s=10., white=None):
+        seen.append(white.clone()); return imprint_siamese(model, pooled, pos, neg, s, white)
+    monkeypatch.setattr(S, 'imprint_siamese', spy)
+    imgs, ids = toy_whales(n_ids=5, per_id=3, n_new=3, size=(16, 32), noise=True)
+    tr = np.setdiff1d(np.arange(len(ids)), VA)
+    other = imgs.copy(); other[VA] = 255 - other[VA]                   # the held-out photos, and nothing else, change
+    with quiet_bars(True):
+        for x in (imgs, other):
+            fit_siamese(x, ids, tr, VA, preset=tiny_preset(siamese_epochs=(1, 1)), budget=TimeBudget(0), k_start=1)
+    assert len(seen) == 2 and len(seen[0]) == 2*len(tr)                 # plain and mirrored views of the training rows
+    torch.testing.assert_close(seen[0], seen[1])

@@ -283,8 +283,8 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     ids = np.asarray(ids, dtype=object)
     if len(ids) != len(imgs): raise ValueError(f'fit_arcface: {len(imgs)} photos but {len(ids)} ids')
     tr, vocab, va = _split_rows(ids, train_idx, valid_idx)
-    # the whitening uses no label: every photo helps it, new_whale and held-out ones too
-    trw = np.arange(len(imgs))
+    # the whitening uses no label, so new_whale photos help it; held-out ones stay out of it, as the test photos do
+    trw = np.asarray(train_idx, dtype=int)
     n = len(vocab); pos = {v:i for i,v in enumerate(vocab)}
     labels = np.array([pos.get(o, -1) for o in ids])
     frozen = p.arcface_mode != 'finetune'           # 'auto' starts frozen

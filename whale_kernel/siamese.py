@@ -273,7 +273,10 @@ def fit_siamese(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     pv = pooled_views(model.branch.backbone, imgs, views=p.siamese_views if frozen else 2, aug_kw=info['aug_kw'],
                       cache_dir=cache_dir, tag=info['tag'], seed=p.seed)
     first = miner.epoch_pairs(k=k_start, record=False)
-    imprint_siamese(model, pv[0], first[first[:, 2] == 1, :2], first[first[:, 2] == 0, :2], white=pv[:2].flatten(0, 1))
+    # the whitening sees the training rows only: held-out photos stay out of it, as the test photos do (04_arcface)
+    tri = torch.as_tensor(np.asarray(train_idx, dtype=int), dtype=torch.long)
+    imprint_siamese(model, pv[0], first[first[:, 2] == 1, :2], first[first[:, 2] == 0, :2],
+                    white=pv[:2, tri].flatten(0, 1))
     data = pv if frozen else imgs
     tr, va = np.asarray(train_idx), np.asarray([] if valid_idx is None else valid_idx, dtype=int)
     gal = tr[ids[tr] != NEW_WHALE]; va = va[np.isin(ids[va], ids[gal])]
