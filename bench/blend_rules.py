@@ -5,7 +5,7 @@ training anything again. Test answers come from the run's `solution.csv` and are
 
     python bench/blend_rules.py RUN_DIR [RUN_DIR ...] [--out NAME]
 
-Rules: `knn` (the kNN alone), `all members` (every member in the power-mean blend, weights and α searched on
+Rules: `knn` (the kNN alone), `arcface` (the ArcFace alone), `all members` (every member in the power-mean blend, weights and α searched on
 validation), `gate z` (`pipeline.blend_members`: members whose paired per-photo gain over the kNN on validation is
 under z standard errors left out), `… prior n0` (the blend's threshold moved towards the leaderboard's 27.6 % rule by
 n0 / (n + n0), `ensemble.shrunk`). The members' own thresholds are the run's.
@@ -32,9 +32,10 @@ def rules():
     "Each rule: the run's members (by name) -> the blend it submits"
     from whale_kernel.ensemble import blend
     from whale_kernel.pipeline import blend_members
-    out = {'knn': lambda ms: ms['knn'], 'all members': lambda ms: blend(list(ms.values()))}
-    for z in (0.5, 1., 2.): out[f'gate {z:g}'] = lambda ms, z=z: blend_members(list(ms.values()), z)
+    out = {'knn': lambda ms: ms['knn'], 'arcface': lambda ms: ms['arcface'], 'all members': lambda ms: blend(list(ms.values()))}
+    for z in (0., 0.5, 1., 2.): out[f'gate {z:g}'] = lambda ms, z=z: blend_members(list(ms.values()), z)
     for n0 in (10, 30, 100): out[f'gate 1, prior {n0}'] = lambda ms, n0=n0: blend_members(list(ms.values()), 1., n0)
+    out['gate 0, prior 30'] = lambda ms: blend_members(list(ms.values()), 0., 30.)       # the run's default
     out['all members, prior 30'] = lambda ms: blend(list(ms.values()), prior=30.)
     return out
 

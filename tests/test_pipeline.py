@@ -83,8 +83,8 @@ def test_run_writes_every_member_and_the_report(reference, tiny_data):
     sub = _valid_sub(out, tiny_data)
     for m in MODEL_NAMES: check_submission(out/f'submission_{m}.csv', photo_names(tiny_data))
     assert s['splits'] == 2 and s['n_valid'] > 0
-    w, out_ = s['blend']['weights'], s['blend']['left_out'] or {}     # a member left out: no clear gain over the kNN
-    assert set(w) == set(MODEL_NAMES) and w['knn'] >= 0 and all(w[m] == 0 and g['gain'] <= g['se'] for m,g in out_.items())
+    w, out_ = s['blend']['weights'], s['blend']['left_out'] or {}     # a member left out: no gain over the kNN
+    assert set(w) == set(MODEL_NAMES) and w['knn'] >= 0 and all(w[m] == 0 and g['gain'] <= 0 for m,g in out_.items())
     if not out_: assert s['valid']['blend'] >= max(s['valid'][m] for m in MODEL_NAMES) - 0.02   # the search's floor, shrunk
     assert len(sub) == s['n_test'] and s['test'] is not None and set(s['test']) == {*MODEL_NAMES, 'blend'}
     md = (out/'report.md').read_text()

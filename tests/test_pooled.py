@@ -93,6 +93,16 @@ def test_gate_keeps_out_what_does_not_clearly_beat_the_knn():
     assert ens.info['left_out']['arcface']['gain'] == 0
     assert gate([same, better], 1.)[0] == [same, better]      # without a kNN to compare with, nothing is gated
 
+def test_gate_at_zero_keeps_whatever_validation_ranks_above_the_knn():
+    "The run's bar (`gate_z` = 0): a learner joins when its validation gain is positive at all, however noisy"
+    knn = _scores([1]*6 + [0]*4, 'knn')
+    slight = _scores([1]*7 + [0]*3, 'arcface')              # one photo better: a gain inside its noise
+    worse = _scores([1]*5 + [0]*5, 'siamese')
+    ins, out = gate([knn, slight, worse], 0.)
+    assert [m.name for m in ins] == ['knn', 'arcface'] and set(out) == {'siamese'} and out['siamese'][0] < 0
+    assert set(gate([knn, slight, worse], 2.)[1]) == {'arcface', 'siamese'}
+    assert get_preset('cpu').gate_z == 0
+
 def test_threshold_prior():
     rng = np.random.default_rng(0)
     pv, pt = rng.random((20, 10)), rng.random((50, 10))

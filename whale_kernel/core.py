@@ -93,6 +93,8 @@ class Preset:
     max_splits:int = 5                 # at most this many repeated splits
     thr_prior:float = 30.              # the new_whale threshold leans to the 27.6 % rule by n0/(n + n0), n the
                                        # validation photos it was searched on (06_ensemble)
+    gate_z:float = 0.                  # a learner joins the blend unless its paired validation gain over the kNN is
+                                       # below `gate_z` standard errors: 0 leaves out the ones validation ranks lower
     # scoring
     min_per_id:int = 4                 # oversample so each id is seen at least N times per epoch
     reduce:str = 'max'                 # image scores -> id scores: 'max' or 'mean'

@@ -542,11 +542,11 @@ def fit_all(models, ph:Photos, splits:list, p:Preset, out:Path, budget:TimeBudge
         print(f'{name}: validation MAP@5 = {_fmt(s.map_valid)} (kept {kept}, {s.secs:.0f}s)', flush=True)
         res.append(s)
         subs[name] = write_submission(out/f'submission_{name}.csv', tnames, predict_top5(s.pt, s.test.ids, s.thr))
-        ens = blend_members(res, p.select_z, p.thr_prior)     # the blend of what has finished so far
+        ens = blend_members(res, p.gate_z, p.thr_prior)       # the blend of what has finished so far
         if name in ens.info.get('left_out', {}):
             g = ens.info['left_out'][name]
             log.info(f"{name}: left out of the blend, its paired validation gain over the kNN {g['gain']:+.4f} ± "
-                     f"{g['se']:.4f} is within {p.select_z:g} standard error(s)")
+                     f"{g['se']:.4f} is not above {p.gate_z:g} standard error(s)")
         write_submission(out/'submission.csv', tnames, predict_top5(ens.pt, ens.test.ids, ens.thr))
         _publish(out, publish)                    # a kill from here on still leaves this answer where it is kept
     if not res:            # still a valid submission: new_whale, then the commonest whales
