@@ -160,7 +160,8 @@ def test_kernel_cells_run_with_sockets_disabled(fake_kaggle, tmp_path):
     env = os.environ | dict(WHALE_KAGGLE_INPUT=str(fake_kaggle.comp), WHALE_KAGGLE_WORKING=str(tmp_path/'working'),
                             WHALE_PRESET='cpu', WHALE_NONET_LOG=str(tmp_path/'nonet.log'), MPLBACKEND='Agg')
     env.pop('WHALE_WEIGHTS', None)
-    r = subprocess.run([sys.executable, '-c', src], capture_output=True, text=True, env=env, cwd=tmp_path)
+    (tmp_path/'cells.py').write_text(src)                   # a file: the cells outgrow one argument's 128 KiB limit
+    r = subprocess.run([sys.executable, 'cells.py'], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f'DATA {fake_kaggle.comp}' in r.stdout and f'WEIGHTS {fake_kaggle.weights}' in r.stdout and f'BOXES {fake_kaggle.boxes}' in r.stdout
     assert not (tmp_path/'nonet.log').exists(), (tmp_path/'nonet.log').read_text()
