@@ -154,7 +154,7 @@ def test_no_whale_with_two_photos_still_answers(tmp_path, capsys, wklog):
     assert s['n_valid'] == 0 and s['models'] == ['knn', 'arcface'] and s['valid'] == {'knn': None, 'arcface': None, 'blend': None}
     assert 'no whale has two train photos, too few to hold out a validation split' in wklog.text
     assert 'siamese: skipped, no whale has two train photos' in wklog.text and 'failed' not in wklog.text
-    assert s['blend'] == dict(weights={'knn': 0.5, 'arcface': 0.5}, alpha=1.)
+    assert s['blend'] == dict(weights={'knn': 0.5, 'arcface': 0.5}, alpha=1., left_out=None)
     sub = _valid_sub(tmp_path/'out', data)
     first = sub.Id.str.split().str[0]
     assert (first == 'new_whale').sum() == 1            # the leaderboard's 27.6% of 4 test photos, rounded down
@@ -280,7 +280,8 @@ def test_pseudo_round_only_when_validation_says_so(knn_inputs, wklog):
     off = sm(pseudo=False, pseudo_round=0.5, select_z=1e9)           # tried, but no gain clears this bar
     assert 'pseudo-label round' in wklog.text and 'not kept' in wklog.text and off.info['pseudo_round'] is None
     np.testing.assert_allclose(off.test.values, plain.test.values)
-    on = sm(pseudo=False, pseudo_round=0.5, select_z=-1e9)           # any gain clears it
+    # any gain clears it; at a larger rate, since half a round at the preset's moves no rank of the few held-out photos
+    on = sm(pseudo=False, pseudo_round=0.5, select_z=-1e9, arcface_lr=0.05)
     r = on.info['pseudo_round']
     assert r['conf'] == 0. and 0 < r['n'] <= len(tn) and 'pseudo-label round' in on.info['kept']
     assert on.test.values.shape == plain.test.values.shape and not np.allclose(on.test.values, plain.test.values)
