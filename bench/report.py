@@ -206,6 +206,25 @@ def sec_default(rs):
         L.append(f"| {where(r)} | {len(r['runs'])} | {r['median_wall_s']:.0f} | {r['median_blend_test']:.4f} | {r['max_log_lines']} | {per} |")
     return L
 
+def sec_default_parts(rs):
+    "Where the default run's time goes, and what cheaper recipes cost"
+    L = ['## default_run_parts: where the default run\'s time goes', '']
+    for r in rs:
+        L += [f"{where(r)}. {r['note']}", '', '| moment (base run) | seconds from start |', '|---|---|']
+        L += [f'| {k} | {v:.1f} |' for k, v in r['timeline_base_s'].items()]
+        L += ['', '| run | knn | arcface | siamese | blend (test MAP@5) | stage seconds |', '|---|---|---|---|---|---|']
+        for name, o in (('base: `' + r['command_base'] + '`', r['base']),
+                        ('variant: ' + ', '.join(f'{k}={v}' for k, v in r['variant']['overrides'].items()), r['variant'])):
+            t = o['test']; st = ', '.join(f'{k} {v:.0f}' for k, v in o['stages'].items())
+            L.append(f"| {name} | {t['knn']:.4f} | {t['arcface']:.4f} | {t['siamese']:.4f} | {t['blend']:.4f} | {st} |")
+        L += ['', r['findings']]
+        if (o := r.get('default_with_equalize_choice')):
+            st = ', '.join(f'{k} {v:.0f}' for k, v in o['stages'].items())
+            L += ['', f"With histogram equalisation a choice (`{o['command']}`): {o['wall_s']:.0f} s wall, {o['log_lines']} log lines, "
+                      f"equalised photos kept: {o['equalize']}; test MAP@5 " + ', '.join(f'{k} {v:.4f}' for k, v in o['test'].items()) +
+                      f"; stage seconds {st}."]
+    return L
+
 def sec_whitening(rs):
     "Which photos the imprinted whitening is fitted on: the scale of held-out against test photos"
     L = ['## whitening: which photos the imprinted whitening neck is fitted on', '',
@@ -242,7 +261,7 @@ def main():
     L = [HEAD]
     for name, sec in [('train_throughput', sec_train), ('loader', sec_loader), ('lap_epoch', sec_lap), ('pairs', sec_pairs),
                       ('fullsize', sec_full), ('cpu_precision', sec_cpu), ('rehearsal', sec_rehearsal),
-                      ('default_run', sec_default), ('small_sets', sec_small), ('whitening', sec_whitening),
+                      ('default_run', sec_default), ('default_run_parts', sec_default_parts), ('small_sets', sec_small), ('whitening', sec_whitening),
                       ('blend_rules', sec_blend_rules)]:
         rs = load(name) + (load('small_sets_whiten_all') if name == 'small_sets' else [])   # the same draws, whitened on every photo
         if rs or name == 'rehearsal': L += sec(rs) + ['']

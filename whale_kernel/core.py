@@ -49,7 +49,8 @@ class Preset:
     max_warp:float = 0.1
     p_gray:float = 0.2                 # probability of a grayscale photo (many whale photos are grayscale)
     p_erase:float = 0.25               # probability of random erasing
-    equalize:bool = False              # histogram-equalise every photo (the 4th place used CLAHE for contrast)
+    equalize:bool|str = 'auto'         # histogram-equalise every photo: True, False, or 'auto': kept when the
+                                       # kNN's validation gains by it (07_pipeline; the 4th place used CLAHE)
     views:int = 4                      # views per train photo in the frozen-backbone cache: plain, mirror, augmented
     frozen_res:str|None = 'native'     # a frozen ArcFace sees its photos scaled up to its backbone's pretraining side,
                                        # aspect kept, never down (None: the cache's size; 04_arcface)
@@ -137,7 +138,8 @@ class Preset:
                 or (isinstance(fa, tuple) and fa and all(isinstance(a, str) and a for a in fa))):
             raise ValueError(f'Preset.arcface_frozen_arch must be a timm model name, a tuple of them, or None, '
                              f'got {fa!r}')
-        for k,ok in [('reduce',('max','mean')), ('arcface_mode',('frozen','finetune','auto')),
+        for k,ok in [('reduce',('max','mean')), ('equalize',(True,False,'auto')),
+                     ('arcface_mode',('frozen','finetune','auto')),
                      ('siamese_mode',('frozen','finetune')),
                      ('arcface_unfreeze',('all','late')), ('frozen_res',('native',None)), ('knn_res',('native',None))]:
             if getattr(self, k) not in ok: raise ValueError(f"Preset.{k} must be one of {ok}, got {getattr(self, k)!r}")
@@ -156,11 +158,12 @@ class Preset:
 PRESETS = dict(
     cpu = Preset(),
     kaggle = Preset(name='kaggle', arch='efficientnet_lite2', weights='offline', pixels=256*512, bs=48, workers=4,
-                    siamese_arch=None, arcface_frozen_arch=None, views=2,
+                    siamese_arch=None, arcface_frozen_arch=None, views=2, equalize=False,
                     arcface_ft_steps=30_000, arcface_ft_epochs=(8, 60), arcface_unfreeze='all', emb_dim=512,
                     siamese_mode='finetune', siamese_steps=20_000, siamese_epochs=(8, 60), siamese_feats=512,
                     lap_blocks=4, patience=8, time_budget=11*60),
     full = Preset(name='full', arch='resnext101_32x8d', weights=None, size=(256,768), bs=64, workers=8, views=1,
+                  equalize=False,
                   siamese_arch=None, arcface_frozen_arch=None, arcface_mode='finetune', arcface_ft_steps=100_000,
                   arcface_ft_epochs=(20, 200), arcface_unfreeze='all', emb_dim=512,
                   arcface_s=65., arcface_m=0.5, siamese_mode='finetune', siamese_steps=60_000, siamese_epochs=(20, 200),

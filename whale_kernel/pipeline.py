@@ -5,7 +5,7 @@
 # %% ../nbs/07_pipeline.ipynb #c4804fa8
 from __future__ import annotations
 import dataclasses, hashlib, json, math, os, shutil, sys, time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,8 +28,8 @@ from .siamese import fit_siamese, siamese_features, siamese_similarity
 # %% auto #0
 __all__ = ['MODELS', 'ModelSpec', 'Split', 'Scored', 'fit_model', 'score_views', 'extras', 'keep_best', 'pseudo_round',
            'new_whale_twins', 'score_model', 'valid_splits', 'n_splits', 'pool', 'score_splits', 'EpochLines',
-           'quiet_bars', 'RunError', 'run', 'Photos', 'read_photos', 'make_split', 'make_splits', 'gate',
-           'blend_members', 'fit_all', 'summarize']
+           'quiet_bars', 'RunError', 'run', 'Photos', 'read_photos', 'equalized', 'make_split', 'make_splits', 'gate',
+           'blend_members', 'fit_all', 'choose_equalize', 'summarize']
 
 # %% ../nbs/07_pipeline.ipynb #a9fc8181
 @dataclass(frozen=True)
@@ -445,6 +445,7 @@ class Photos:
 
 def read_photos(data, out:Path, p:Preset, boxes=None) -> Photos:
     "Read the competition `data` (boxes from `boxes`), merge duplicate photos, cache the photos at the run's size"
+    eq = p.equalize is True                        # 'auto' starts from the photos as they are (`choose_equalize`)
     comp = read_competition(data, boxes)
     log.info(str(comp))
     train = merge_duplicates(comp.train)
@@ -452,17 +453,27 @@ def read_photos(data, out:Path, p:Preset, boxes=None) -> Photos:
     if p.size == 'auto':
         log.info(f'input size {size[0]}x{size[1]} (median aspect of the train photos, {p.pixels} pixels)')
     cache, workers = out/'cache', max(p.workers, 2)
-    imgs, ok = cache_images(train, size, cache, workers=workers, name='train', equalize=p.equalize)
+    imgs, ok = cache_images(train, size, cache, workers=workers, name='train', equalize=eq)
     if not ok.all():
         log.warning(f'dropping {(~ok).sum()} unreadable training photo(s)')
         train = train[ok].reset_index(drop=True); imgs = np.asarray(imgs)[ok]
-    timgs, tok = cache_images(comp.test, size, cache, workers=workers, name='test', equalize=p.equalize)
+    timgs, tok = cache_images(comp.test, size, cache, workers=workers, name='test', equalize=eq)
     if not tok.all(): log.warning(f'{(~tok).sum()} unreadable test photo(s) predicted from a grey placeholder')
     crops = [timgs]
     if p.box_tta and comp.test.x0.notna().any():   # the seed's box-scale TTA: the box at its margin and two others
         crops += [cache_images(comp.test, size, cache, margin=m, workers=workers, name=f'test_m{m}',
-                               equalize=p.equalize)[0] for m in (0., 0.15)]
+                               equalize=eq)[0] for m in (0., 0.15)]
     return Photos(Path(data), train, comp.test, tuple(size), imgs, crops, cache)
+
+def equalized(ph:Photos, p:Preset, test:bool=True) -> Photos:
+    "`ph` with its train photos (and with `test` its test crops) histogram-equalised, cached beside the plain ones"
+    kw = dict(workers=max(p.workers, 2), equalize=True)
+    imgs = cache_images(ph.train, ph.size, ph.cache, name='train', **kw)[0]
+    if not test: return dataclasses.replace(ph, imgs=imgs)
+    crops = [cache_images(ph.test, ph.size, ph.cache, name='test', **kw)[0]]
+    crops += [cache_images(ph.test, ph.size, ph.cache, margin=m, name=f'test_m{m}', **kw)[0]
+              for m in (0., 0.15)][:len(ph.crops) - 1]
+    return dataclasses.replace(ph, imgs=imgs, crops=crops)
 
 def make_split(ph:Photos, p:Preset) -> Split:
     "The run's validation split (`valid_split`), said in the log when there is none to hold out"
@@ -557,6 +568,27 @@ def fit_all(models, ph:Photos, splits:list, p:Preset, out:Path, budget:TimeBudge
                        f'new_whale then the {len(top)} commonest whales')
     return res, subs, ens
 
+# %% ../nbs/07_pipeline.ipynb #3872ff59
+def choose_equalize(ph:Photos, splits:list, p:Preset, *, stages=None) -> tuple:
+    "(photos, preset) with `p.equalize` settled: 'auto' keeps equalised photos when the kNN's validation gains by them"
+    if p.equalize != 'auto': return ph, p
+    off, on = dataclasses.replace(p, equalize=False), dataclasses.replace(p, equalize=True)
+    if not any(len(s.valid_known) for s in splits):
+        log.info('histogram equalisation not tried: no held-out photo to judge it by'); return ph, off
+    with (stages('equalize') if stages is not None else nullcontext()):
+        phe = equalized(ph, p, test=False)         # the test crops only if they are kept
+        # plain kNN scores, no extra tried; validation alone is read (one test photo stands in for the test set)
+        judge = dataclasses.replace(off, rerank=False, pseudo=False, new_twins=0., pseudo_round=0.)
+        one = [dataclasses.replace(s, tnames=s.tnames[:1]) for s in splits]
+        a,b = (score_model('knn', o.imgs, one, [o.crops[0][:1]], judge, cache_dir=ph.cache) for o in (ph, phe))
+        keep,g,se = beats(_aps(b), _aps(a), p.select_z)
+        if keep: phe = equalized(ph, p)
+    log.info(f"histogram equalisation {'kept' if keep else 'not kept'}: kNN validation MAP@5 {a.map_valid:.4f} -> "
+             f"{b.map_valid:.4f}, paired gain {g:+.4f} ± {se:.4f} ({'above' if keep else 'not above'} "
+             f"{p.select_z:g} SE)")
+    return (phe, on) if keep else (ph, off)
+
+
 # %% ../nbs/07_pipeline.ipynb #7e42db22
 def summarize(res, subs, ens, ph:Photos, splits:list, *, p:Preset, out:Path, secs:dict, stages) -> dict:
     "The run's `summary.json`: figures of each model and the blend, test MAP@5 (with `solution.csv`), each stage's cost"
@@ -569,7 +601,8 @@ def summarize(res, subs, ens, ph:Photos, splits:list, *, p:Preset, out:Path, sec
         if len(res) > 1: test_maps['blend'] = score_submission(out/'submission.csv', sol)
     every = res + ([ens] if len(res) > 1 else [])
     key = lambda s: 'blend' if s is ens and len(res) > 1 else s.name
-    return dict(data=str(ph.data), preset=p.name, size=list(ph.size), models=[s.name for s in res],
+    return dict(data=str(ph.data), preset=p.name, size=list(ph.size), equalize=p.equalize,
+                models=[s.name for s in res],
                 n_train=len(ph.train), n_valid=int(sum(s.is_valid.sum() for s in splits)),
                 splits=len(splits), n_test=len(ph.test), **secs,
                 valid={key(s): None if math.isnan(s.map_valid) else round(s.map_valid, 4) for s in every},
@@ -592,6 +625,7 @@ def _run(data, out:Path, p:Preset, models, budget:TimeBudget, *, n_whales=None, 
             make_synth(data, **({} if n_whales is None else dict(n_whales=n_whales)), seed=p.seed)
     with stages('data'): ph = read_photos(data, out, p, boxes)
     splits = make_splits(ph, p)
+    ph, p = choose_equalize(ph, splits, p, stages=stages)
     t_data = time.monotonic() - t0
     with quiet_bars(quiet): res, subs, ens = fit_all(models, ph, splits, p, out, budget, stages=stages, publish=publish)
     summary = summarize(res, subs, ens, ph, splits, p=p, out=out, stages=stages,
