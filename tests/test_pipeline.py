@@ -15,7 +15,8 @@ torch.set_num_threads(1)
 
 # the cpu recipe shrunk to seconds: 32x64 inputs, two cached views; no early stop, so training lasts its planned epochs
 TINY = dict(pixels=32*64, frozen_res=None, views=2, siamese_views=2, patience=1000, arcface_epochs=(30, 30), arcface_ft_epochs=(3, 3), siamese_epochs=(12, 12),
-            max_splits=2)          # the tiny set has a few known held-out photos: two splits pooled, not five
+            max_splits=2,          # the tiny set has a few known held-out photos: two splits pooled, not five
+            equalize=False)        # the photos as they are: the equalisation choice has its own tests (test_equalize.py)
 
 def test_registry_is_the_cli_choice():
     assert tuple(MODELS) == MODEL_NAMES and all(MODELS[k].name == k for k in MODELS)
@@ -220,10 +221,10 @@ def test_cli_run_bad_data_exits_with_reason(tmp_path, capsys):
 
 def test_box_scale_tta_crops_the_test_photos_three_ways(tiny_data, tmp_path):
     "With boxes (the synthetic set has them) the test photos are also cached at two more margins, and scored from all three"
-    s = run(tiny_data, tmp_path/'on', models=['knn'], pixels=32*64, frozen_res=None, quiet=True)
+    s = run(tiny_data, tmp_path/'on', models=['knn'], pixels=32*64, frozen_res=None, quiet=True, equalize=False)
     on = sorted(p.name.split('_')[1] for p in (tmp_path/'on'/'cache').glob('test_m*.npy') if '.ok.' not in p.name)
     assert on == ['m0.0', 'm0.15'], on
-    run(tiny_data, tmp_path/'off', models=['knn'], pixels=32*64, frozen_res=None, quiet=True, box_tta=False)
+    run(tiny_data, tmp_path/'off', models=['knn'], pixels=32*64, frozen_res=None, quiet=True, box_tta=False, equalize=False)
     assert not list((tmp_path/'off'/'cache').glob('test_m*.npy'))
     a,b = (pd.read_csv(tmp_path/d/'submission.csv') for d in ('on', 'off'))
     assert (a.Image == b.Image).all() and s['n_test'] == len(a)
