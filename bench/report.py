@@ -225,6 +225,23 @@ def sec_default_parts(rs):
                       f"; stage seconds {st}."]
     return L
 
+def sec_dogs_seeds(rs):
+    "The dog faces, whole cpu-preset runs on several seeds"
+    L = ['## dogs_seeds: the dog faces, whole `cpu`-preset runs', '']
+    for r in rs:
+        L += [f"{where(r)}, {r['code']}; {r['notes']}.", '',
+              '| run | splits | kNN val / test | ArcFace val / test | Siamese val / test | blend val / test | wall s |', '|---|---|---|---|---|---|---|']
+        vt = lambda o, m: f"{o['valid'][m]:.4f} / {o['test'][m]:.4f}"
+        for k, o in r['runs'].items():
+            L.append(f"| {k}: `{o['command']}` | {o['splits']} | " + ' | '.join(vt(o, m) for m in ('knn', 'arcface', 'siamese', 'blend')) +
+                     f" | {o['wall_s']:.0f} |")
+        e = r['earlier']
+        L.append(f"| seed 42: {e['note']} | 2 | " + ' | '.join(vt(e, m) for m in ('knn', 'arcface', 'siamese', 'blend')) + ' | – |')
+        b = r['single_split_before']
+        L += ['', f"{b['note']}: seed 42 {b['seed42']}, seed 1 {b['seed1']}, seed 2 {b['seed2']}."]
+        if r.get('finding'): L += ['', r['finding'] + '.']
+    return L
+
 def sec_whitening(rs):
     "Which photos the imprinted whitening is fitted on: the scale of held-out against test photos"
     L = ['## whitening: which photos the imprinted whitening neck is fitted on', '',
@@ -261,7 +278,7 @@ def main():
     L = [HEAD]
     for name, sec in [('train_throughput', sec_train), ('loader', sec_loader), ('lap_epoch', sec_lap), ('pairs', sec_pairs),
                       ('fullsize', sec_full), ('cpu_precision', sec_cpu), ('rehearsal', sec_rehearsal),
-                      ('default_run', sec_default), ('default_run_parts', sec_default_parts), ('small_sets', sec_small), ('whitening', sec_whitening),
+                      ('default_run', sec_default), ('default_run_parts', sec_default_parts), ('small_sets', sec_small), ('dogs_seeds', sec_dogs_seeds), ('whitening', sec_whitening),
                       ('blend_rules', sec_blend_rules)]:
         rs = load(name) + (load('small_sets_whiten_all') if name == 'small_sets' else [])   # the same draws, whitened on every photo
         if rs or name == 'rehearsal': L += sec(rs) + ['']
