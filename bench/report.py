@@ -268,7 +268,7 @@ def sec_blend_rules(rs):
          'threshold\'s prior, judged on the test MAP@5 of saved runs without training again.', '']
     for r in rs:
         keys = list(r['mean'])
-        L += [f"{where(r)}, runs {', '.join('`' + k + '`' for k in r['runs'])}:", '',
+        L += [f"{where(r)}, runs {', '.join('`' + k + '`' for k in r['runs'])}" + (f"; {r['note']}" if r.get('note') else '') + ':', '',
               '| rule | ' + ' | '.join(Path(k).name for k in r['runs']) + ' | mean | worst against the kNN |',
               '|---|' + '---|'*(len(r['runs']) + 2)]
         L += [f"| {k} | " + ' | '.join(f"{v[k]:.4f}" for v in r['runs'].values()) + f" | {r['mean'][k]:.4f} | {r['worst_vs_knn'][k]:+.4f} |" for k in keys]
@@ -281,6 +281,7 @@ def main():
                       ('default_run', sec_default), ('default_run_parts', sec_default_parts), ('small_sets', sec_small), ('dogs_seeds', sec_dogs_seeds), ('whitening', sec_whitening),
                       ('blend_rules', sec_blend_rules)]:
         rs = load(name) + (load('small_sets_whiten_all') if name == 'small_sets' else [])   # the same draws, whitened on every photo
+        if name == 'blend_rules': rs += load('blend_rules_dogs')                            # the dog faces' whole runs
         if rs or name == 'rehearsal': L += sec(rs) + ['']
         else: L += [f'## {name}', '', f'(no results yet: `python bench/{name}.py`)', '']
     L += [NOTES, 'Older benchmarks: `bench_data.py`, `bench_arcface.py`, `bench_lap.py`, `bench_synth.py` (results in `results/*.md`).', '']
