@@ -457,22 +457,23 @@ def read_photos(data, out:Path, p:Preset, boxes=None) -> Photos:
     if not ok.all():
         log.warning(f'dropping {(~ok).sum()} unreadable training photo(s)')
         train = train[ok].reset_index(drop=True); imgs = np.asarray(imgs)[ok]
-    timgs, tok = cache_images(comp.test, size, cache, workers=workers, name='test', equalize=eq)
+    box_tta = p.box_tta and comp.test.x0.notna().any()   # the seed's box-scale TTA: the box at its margin, two others
+    crops, tok = _test_crops(comp.test, size, cache, workers, eq, box_tta)
     if not tok.all(): log.warning(f'{(~tok).sum()} unreadable test photo(s) predicted from a grey placeholder')
-    crops = [timgs]
-    if p.box_tta and comp.test.x0.notna().any():   # the seed's box-scale TTA: the box at its margin and two others
-        crops += [cache_images(comp.test, size, cache, margin=m, workers=workers, name=f'test_m{m}',
-                               equalize=eq)[0] for m in (0., 0.15)]
     return Photos(Path(data), train, comp.test, tuple(size), imgs, crops, cache)
+
+def _test_crops(test, size, cache, workers, equalize, box_tta) -> tuple:
+    "([the test photos at their box margin, and with `box_tta` at margins 0 and 0.15], which photos were readable)"
+    timgs, ok = cache_images(test, size, cache, workers=workers, name='test', equalize=equalize)
+    return [timgs] + [cache_images(test, size, cache, margin=m, workers=workers, name=f'test_m{m}',
+                                   equalize=equalize)[0] for m in ((0., 0.15) if box_tta else ())], ok
 
 def equalized(ph:Photos, p:Preset, test:bool=True) -> Photos:
     "`ph` with its train photos (and with `test` its test crops) histogram-equalised, cached beside the plain ones"
-    kw = dict(workers=max(p.workers, 2), equalize=True)
-    imgs = cache_images(ph.train, ph.size, ph.cache, name='train', **kw)[0]
+    workers = max(p.workers, 2)
+    imgs = cache_images(ph.train, ph.size, ph.cache, workers=workers, name='train', equalize=True)[0]
     if not test: return dataclasses.replace(ph, imgs=imgs)
-    crops = [cache_images(ph.test, ph.size, ph.cache, name='test', **kw)[0]]
-    crops += [cache_images(ph.test, ph.size, ph.cache, margin=m, name=f'test_m{m}', **kw)[0]
-              for m in (0., 0.15)][:len(ph.crops) - 1]
+    crops = _test_crops(ph.test, ph.size, ph.cache, workers, True, len(ph.crops) > 1)[0]
     return dataclasses.replace(ph, imgs=imgs, crops=crops)
 
 def make_split(ph:Photos, p:Preset) -> Split:
