@@ -2,7 +2,7 @@
 and peak memory of the data layer, of everything after the features, and of whole `cpu`-preset runs at 1/16-1/4 size.
 
     python bench/rehearsal.py [--quick] [--parts gen,data,post,runs] [--root /tmp/whale_rehearsal] [--out FILE]
-                              [--keep-cache] [--sia-fracs 1/16,1/4] [--budget MIN] [--threads N]
+                              [--keep-cache] [--sia-fracs 1/16,1/4] [--budget MIN] [--threads N] [--set K=V,..]
 
 `gen`: 25,361 train photos (9,664 new_whale; 5,004 whales: the real 1-5 photo counts, a fitted power law for 6-72, one
 whale of 73), 7,960 test (27.6 % unseen whales), JPEGs at 1050×700 by `synth.render_photo`, boxes in their own folder;
@@ -106,7 +106,7 @@ def gen_set(d:Path, h:dict, n_new:int, n_test:int, seed:int, size) -> dict:
 def part_gen(a, root):
     h, how = histogram(); q = 1/16 if a.quick else 1.
     base = scaled(h, q) if a.quick else h; size = (300, 200) if a.quick else (1050, 700)
-    sets = {'full': (base, round(FULL['new']*q), round(FULL['test']*q))}
+    sets = {'full': (base, round(FULL['new']*q), round(FULL['test']*q))} if a.full else {}     # `data` reads the full set
     sets.update({f's{s}': (scaled(h, q/s), round(FULL['new']*q/s), round(FULL['test']*q/s)) for s in a.scales})
     out = dict(histogram=how, synthetic='all photos are synth.render_photo flukes; photo counts per whale: see histogram',
                scaled='copies: a stratified 1/16, 1/8, 1/4 of the whales by photo count (each stratum\'s middle whale), so every '
@@ -257,8 +257,13 @@ def part_runs(a, root, res, save):
                              'mark, which rusage reads at exit)')
     for s in a.scales:
         d, o = root/f's{s}', root/'runs'/f's{s}'; shutil.rmtree(o, ignore_errors=True); o.mkdir(parents=True)
-        cmd = ([exe] if exe else [sys.executable, '-m', 'whale_kernel.cli']) + ['run', '--data', str(d/'competition'), '--out', str(o),
-               '--boxes', str(d/'boxes'/'bounding_boxes.csv')] + (['--time-budget', str(a.budget)] if a.budget else [])
+        args = ['--data', str(d/'competition'), '--out', str(o), '--boxes', str(d/'boxes'/'bounding_boxes.csv')] + \
+               (['--time-budget', str(a.budget)] if a.budget else [])
+        if a.set:         # preset fields the CLI has no flag for: `pipeline.run` with them, as the CLI would call it
+            cmd = [sys.executable, '-c', 'import sys; from whale_kernel.cli import main; from whale_kernel import pipeline; '
+                   f'r = pipeline.run; pipeline.run = lambda *a, **k: r(*a, **k, **{a.set!r}); sys.exit(main(sys.argv[1:]))',
+                   'run'] + args
+        else: cmd = ([exe] if exe else [sys.executable, '-m', 'whale_kernel.cli']) + ['run'] + args
         print(' '.join(cmd), flush=True); t = time.perf_counter()
         with open(o.parent/f's{s}.log', 'w') as log: pr = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         peak = [0]; th = threading.Thread(target=_watch, args=(pr.pid, peak), daemon=True); th.start()
@@ -269,6 +274,8 @@ def part_runs(a, root, res, save):
         if (o/'summary.json').exists():
             sm = json.loads((o/'summary.json').read_text())
             r.update({k: sm.get(k) for k in ('n_train', 'n_valid', 'n_test', 'size', 'models', 'stages', 'total_secs', 'valid', 'test')})
+            r['kept'] = sm.get('kept')           # what each model kept: its time follows its epochs, not only the photos
+        if a.set: r['preset_set'] = a.set
         rows[f's{s}'] = r; print(f's{s}: {r["wall_s"]:.0f}s, {r["max_rss_gb"]} GB, rc {r["rc"]}', flush=True)
         res['runs'].update(growth(rows)); save()
     return res['runs']
@@ -292,11 +299,15 @@ def growth(rows:dict) -> dict:
             if (f := fit(*zip(*pts)) if len(pts) >= 2 else None):
                 out.setdefault(k, {})[f'{what}_b'] = round(f[0], 3)
                 out[k][f'{what}_full'] = round(math.exp(f[1])*FULL['train']**f[0], 2)
+                (n1, y1), (n2, y2) = sorted(pts)[-2:]      # the slope that matters for the full size: the two largest sets
+                if len(pts) > 2: out[k][f'{what}_b_last'] = round(math.log(y2/y1)/math.log(n2/n1), 3)
     for what in ('total_secs', 'wall_s', 'max_rss_gb'):
         pts = [(r['n_train'], r[what]) for r in ok if (r.get(what) or 0) > 0]
         if len(pts) >= 2: f = fit(*zip(*pts)); out[f'{what}_b'], out[f'{what}_full'] = round(f[0], 3), round(math.exp(f[1])*FULL['train']**f[0], 1)
-    fast = max((k for k in out if isinstance(out[k], dict) and 'secs_b' in out[k]), key=lambda k: out[k]['secs_b'], default=None)
-    return dict(growth={k: v for k, v in out.items() if isinstance(v, dict)}, fastest=fast,
+    st = [k for k in out if isinstance(out[k], dict) and 'secs_b' in out[k]]
+    fast = max(st, key=lambda k: out[k]['secs_b'], default=None)
+    fast_last = max((k for k in st if 'secs_b_last' in out[k]), key=lambda k: out[k]['secs_b_last'], default=None)
+    return dict(growth={k: v for k, v in out.items() if isinstance(v, dict)}, fastest=fast, fastest_last=fast_last,
                 totals={k: v for k, v in out.items() if not isinstance(v, dict)})
 
 def readme(r):
@@ -320,6 +331,8 @@ def main(argv=None):
                     help='shares of the test photos the post part\'s Siamese runs on, extrapolated when all < 1 (default 1/16,1/4; quick 1/4,1/2)')
     ap.add_argument('--scales', type=lambda s: [int(o) for o in s.split(',')], default=list(SCALES),
                     help='the copies (1/s of the whales) that gen writes and runs runs, e.g. 16,8,4 (default)')
+    ap.add_argument('--set', type=lambda s: {k: eval(v) for k, v in (o.split('=', 1) for o in s.split(','))}, default={},
+                    help="preset fields of the runs, e.g. 'equalize=False' (the kaggle preset's; sizes before it ran without it)")
     ap.add_argument('--seed', type=int, default=0); ap.add_argument('--readme', action='store_true', help='only write the README section')
     a = ap.parse_args(argv)
     name = 'rehearsal_quick' if a.quick else 'rehearsal'; root = Path(a.root)/('quick' if a.quick else '')
@@ -328,7 +341,7 @@ def main(argv=None):
     if a.threads: torch.set_num_threads(a.threads)
     fn = out_path(name, a.out); res = json.loads(fn.read_text()) if fn.exists() else {}
     if a.readme: return readme(res)
-    parts = [s.strip() for s in a.parts.split(',') if s.strip()]
+    parts = [s.strip() for s in a.parts.split(',') if s.strip()]; a.full = 'data' in parts or not a.scales
     if bad := set(parts) - {'gen', 'data', 'post', 'runs'}: ap.error(f'unknown part(s) {sorted(bad)}')
     root.mkdir(parents=True, exist_ok=True)
     save = lambda: write(name, {**res, **meta(root=str(root), quick=a.quick)}, a.out)
