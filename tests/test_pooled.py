@@ -112,3 +112,57 @@ def test_threshold_prior():
     assert t == pytest.approx(0.5*0.3 + 0.5*ratio_threshold(pt))
     assert m == pytest.approx(float(query_aps(pv, WH, truth, t).mean()))
     assert shrunk(0.3, 0.5, pv, pt, WH, truth, 1e9)[0] == pytest.approx(ratio_threshold(pt))
+
+def _toy_set(n_whales=20, n_new=12, n_test=6, seed=0, noise=0.3):
+    "Features of a toy competition: each whale a random centre, photos near it; test photos of the first `n_test` whales"
+    rng = np.random.default_rng(seed)
+    df = _comp(n_whales=n_whales, photos=(2, 3), n_new=n_new, seed=seed)
+    who = pd.factorize(df.Id)[0]; centres = rng.standard_normal((who.max() + 1, 16))
+    imgs = centres[who] + noise*rng.standard_normal((len(df), 16))
+    test = centres[who[:n_test]] + noise*rng.standard_normal((n_test, 16))
+    return df, imgs, test
+
+def test_pooled_twins_find_copies_of_new_whale_photos(monkeypatch, wklog):
+    "Too few known held-out photos on any one split to bound the twins' cost, enough pooled: copies of new_whale photos go new_whale first, no known held-out photo moves"
+    from whale_kernel.ensemble import to_prob
+    spec = ModelSpec('toy', lambda *a, **kw: None, _feats, _sim); monkeypatch.setitem(P.MODELS, 'toy', spec)
+    df, imgs, test = _toy_set()
+    nw = np.flatnonzero(df.Id.values == 'new_whale')[:3]
+    t2 = np.concatenate([test, imgs[nw]]); tn = [f't{i}' for i in range(len(t2))]
+    splits = [Split(df.Id.values, m, list(df.Image[m]), tn) for m in valid_splits(df, 3, seed=0)]
+    p = get_preset('cpu', pseudo=False, rerank=False, thr_prior=0.)
+    need = int(np.ceil(1/p.new_twins - 1 - 1e-9))
+    assert all(len(s.valid_known) < need for s in splits) and sum(len(s.valid_known) for s in splits) >= need
+    one = P.score_model('toy', imgs, splits[0], t2, p)
+    assert one.info['new_twins'] is None and 'twins not looked for' in wklog.text
+    ms = P.score_model('toy', imgs, splits, t2, p)
+    off = P.score_model('toy', imgs, splits, t2, get_preset('cpu', pseudo=False, rerank=False, thr_prior=0., new_twins=0.))
+    tw = ms.info['new_twins']; copies = np.arange(len(test), len(t2))
+    assert tw is not None and tw['test'] >= len(copies) and (ms.pt[copies].max(1) < ms.thr).all()
+    assert f"of 3 splits" in wklog.text
+    known = np.array([t != 'new_whale' for t in ms.truth])
+    np.testing.assert_allclose(ms.pv[known], to_prob(off.valid.values, off.ab)[known])    # the cut is their largest lean
+    assert ms.map_valid >= off.map_valid
+
+def test_pooled_round_trains_every_split_and_is_judged_pooled(monkeypatch, wklog):
+    "The pseudo-label round runs once per split on that split's confident test photos; the pooled held-out photos decide"
+    calls = []
+    def pfit(model, imgs, ids, train, timgs, rows, named, **kw):
+        calls.append((len(train), list(rows), list(named))); return 'round'
+    def feats(model, imgs, tta=True, idxs=None):      # the round's model sees every photo a little differently
+        f = _feats(model, imgs, tta, idxs)
+        return f + (0.5*np.random.default_rng(len(f)).standard_normal(f.shape) if model == 'round' else 0)
+    spec = ModelSpec('toy', lambda *a, **kw: 'first', feats, _sim, pseudo_fit=pfit); monkeypatch.setitem(P.MODELS, 'toy', spec)
+    df, imgs, test = _toy_set(noise=0.8)          # held-out photos that the first model gets partly wrong
+    splits = [Split(df.Id.values, m, list(df.Image[m]), [f't{i}' for i in range(len(test))]) for m in valid_splits(df, 3, seed=0)]
+    sm = lambda z: P.score_model('toy', imgs, splits, test, get_preset('cpu', pseudo=False, rerank=False, thr_prior=0.,
+                                                                      new_twins=0., pseudo_conf=(0.,), pseudo_round=0.5, select_z=z))
+    kept = sm(-1e9)                                   # any pooled gain, or loss within its noise, clears this bar
+    assert len(calls) == 3 and [c[0] for c in calls] == [len(s.train) for s in splits]
+    assert all(set(n) <= set(s.whales) and len(r) for (_, r, n), s in zip(calls, splits))
+    r = kept.info['pseudo_round']
+    assert r['per_split'] == [len(c[1]) for c in calls] and r['n'] == sum(r['per_split']) and 'on 3 splits' in wklog.text
+    assert len(kept.truth) == sum(len(s.valid) for s in splits)       # judged on every split's held-out photos
+    calls.clear(); off = sm(1e9)
+    assert len(calls) == 3 and off.info['pseudo_round'] is None and 'not kept' in wklog.text
+    assert not np.allclose(off.test.values, kept.test.values)

@@ -27,9 +27,9 @@ from .siamese import fit_siamese, siamese_features, siamese_similarity
 
 # %% auto #0
 __all__ = ['MODELS', 'ModelSpec', 'Split', 'Scored', 'fit_model', 'score_views', 'extras', 'keep_best', 'pseudo_round',
-           'new_whale_twins', 'score_model', 'valid_splits', 'n_splits', 'pool', 'score_splits', 'EpochLines',
-           'quiet_bars', 'RunError', 'run', 'Photos', 'read_photos', 'equalized', 'make_split', 'make_splits', 'gate',
-           'blend_members', 'fit_all', 'choose_equalize', 'summarize']
+           'new_whale_twins', 'score_model', 'valid_splits', 'n_splits', 'pool', 'pooled_round', 'pooled_twins',
+           'score_splits', 'EpochLines', 'quiet_bars', 'RunError', 'run', 'Photos', 'read_photos', 'equalized',
+           'make_split', 'make_splits', 'gate', 'blend_members', 'fit_all', 'choose_equalize', 'summarize']
 
 # %% ../nbs/07_pipeline.ipynb #a9fc8181
 @dataclass(frozen=True)
@@ -207,13 +207,26 @@ def keep_best(name, plain, cands, z:float):
     return best if keep else plain
 
 # %% ../nbs/07_pipeline.ipynb #f33a356f
+def _round_conf(cands, p:Preset) -> float:
+    "The confidence whose gallery half (`_pseudo`) did best on validation, else the first one tried"
+    tried = [m for m in cands if m.info.get('pseudo')]
+    return max(tried, key=lambda m: m.map_valid).info['pseudo']['conf'] if tried else p.pseudo_conf[0]
+
+def _round_verdict(name, kept, best, info:dict, z:float) -> bool:
+    "Whether the round's `best` beats `kept` by `z` standard errors of the paired gain, said in one log line"
+    keep,gain,se = beats(_aps(best), _aps(kept), z)
+    log.info(f"{name}: pseudo-label round ({info['n']} test photos at confidence {info['conf']}"
+             f"{', on ' + str(len(info['per_split'])) + ' splits' if 'per_split' in info else ''}) "
+             f"{'kept' if keep else 'not kept'}: validation MAP@5 {kept.map_valid:.4f} -> {best.map_valid:.4f} "
+             f"(with {_extra(best) or 'no extra'}), paired gain {gain:+.4f} ± {se:.4f}")
+    return keep
+
 def pseudo_round(spec, sc:Scored, split:Split, p:Preset, *, kept, plain, cands, imgs, crops, rescore, path=None,
                  budget=None, reserve=0.):
     "(`ModelScores`, `Scored`) of a second round of training on confident test photos if it beats `kept`, else None"
     if budget is not None and budget.left - reserve < 60:
         log.info(f'{spec.name}: {budget.left:.0f}s left, no time for a pseudo-label round'); return None
-    tried = [m for m in cands if m.info.get('pseudo')]     # the confidence whose gallery half did best on validation
-    conf = max(tried, key=lambda m: m.map_valid).info['pseudo']['conf'] if tried else p.pseudo_conf[0]
+    conf = _round_conf(cands, p)
     rows,named = _confident(to_prob(sc.test_train, plain.ab), split.whales, conf, plain.thr)   # training gallery
     if not len(rows): return None
     model = spec.pseudo_fit(sc.model, imgs, split.ids, split.train, crops[0], rows, named, preset=p, path=path,
@@ -221,35 +234,43 @@ def pseudo_round(spec, sc:Scored, split:Split, p:Preset, *, kept, plain, cands, 
     info = dict(conf=conf, n=int(len(rows)))
     ms, cands, sc2 = rescore(model, {'kept': getattr(model, 'kept', None), 'pseudo_round': info})
     best = max([ms] + cands, key=lambda m: m.map_valid)
-    keep,gain,se = beats(_aps(best), _aps(kept), p.select_z)
-    log.info(f"{spec.name}: pseudo-label round ({info['n']} test photos at confidence {conf}) "
-             f"{'kept' if keep else 'not kept'}: validation MAP@5 {kept.map_valid:.4f} -> {best.map_valid:.4f} "
-             f"(with {_extra(best) or 'no extra'}), paired gain {gain:+.4f} ± {se:.4f}")
-    return (best, sc2) if keep else None
+    return (best, sc2) if _round_verdict(spec.name, kept, best, info, p.select_z) else None
 
 # %% ../nbs/07_pipeline.ipynb #4137526a
-def new_whale_twins(spec, sc:Scored, ms, imgs, split:Split, p:Preset):
-    "`ms` with `new_whale` first for photos leaning towards a new_whale photo more than any known held-out photo does"
-    known_valid = np.isin(np.asarray(ms.truth, dtype=object), ms.valid.ids)
-    need = math.ceil(1/p.new_twins - 1 - 1e-9)    # how many bound the share of known test photos moved by `new_twins`
-    if known_valid.sum() < need:
-        log.info(f"{spec.name}: new_whale twins not looked for: {known_valid.sum()} known validation photos, and "
+def _twins_enough(name, ms, p:Preset) -> bool:
+    "Whether `ms` has the known held-out photos it takes to bound the share of known test photos moved by `new_twins`"
+    n = int(np.isin(np.asarray(ms.truth, dtype=object), ms.valid.ids).sum())
+    need = math.ceil(1/p.new_twins - 1 - 1e-9)
+    if n < need:
+        log.info(f"{name}: new_whale twins not looked for: {n} known validation photos, and "
                  f"bounding the share of known test photos put behind new_whale by {p.new_twins} takes {need}")
-        return ms
+    return n >= need
+
+def _leans(spec, sc:Scored, imgs, split:Split, p:Preset) -> tuple:
+    "How far each held-out and each test photo leans towards a new_whale photo, against its best whale"
     new_valid = np.intersect1d(split.new, split.valid)
     feats_new = spec.features(sc.model, imgs, tta=p.tta, idxs=split.train_new)     # the training new_whale photos
     near = lambda q, g: np.asarray(spec.similarity(sc.model, q, g)).max(1)
     lean_valid = near(sc.rows(split, split.valid), feats_new) - _best(sc.valid[0.])   # plain similarities,
     near_test = [np.maximum(near(tf, feats_new), near(tf, sc.rows(split, new_valid))) if len(new_valid)
                  else near(tf, feats_new) for tf in sc.test_feats]                  # whatever extra was kept
-    lean_test = sum(near_test)/len(near_test) - _best(sc.test[0.])
+    return lean_valid, sum(near_test)/len(near_test) - _best(sc.test[0.])
+
+def _twins_cut(name, ms, lean_valid, lean_test, how:str):
+    "`ms` with `new_whale` first for the photos that lean further than any known held-out photo does"
+    known_valid = np.isin(np.asarray(ms.truth, dtype=object), ms.valid.ids)
     cut = float(lean_valid[known_valid].max()); up_valid, up_test = lean_valid > cut, lean_test > cut
-    log.info(f"{spec.name}: new_whale first for {up_test.sum()} of {len(up_test)} test photos (and {up_valid.sum()} "
+    log.info(f"{name}: new_whale first for {up_test.sum()} of {len(up_test)} test photos (and {up_valid.sum()} "
              f"validation ones) that sit nearer a new_whale photo, against their best whale, than any known validation "
-             f"photo does ({len(split.train_new)} training new_whale photos for validation, all {len(split.new)} for "
-             f"the test)")
-    twins = dict(cut=round(cut, 4), valid=int(up_valid.sum()), test=int(up_test.sum()))
-    return _new_first(ms, up_valid, up_test, dict(new_twins=twins))
+             f"photo does ({how})")
+    return _new_first(ms, up_valid, up_test, dict(new_twins=dict(cut=round(cut, 4), valid=int(up_valid.sum()),
+                                                                  test=int(up_test.sum()))))
+
+def new_whale_twins(spec, sc:Scored, ms, imgs, split:Split, p:Preset):
+    "`ms` with `new_whale` first for photos leaning towards a new_whale photo more than any known held-out photo does"
+    if not _twins_enough(spec.name, ms, p): return ms
+    return _twins_cut(spec.name, ms, *_leans(spec, sc, imgs, split, p),
+                      f'{len(split.train_new)} training new_whale photos for validation, all {len(split.new)} for the test')
 
 # %% ../nbs/07_pipeline.ipynb #00ac9c7d
 def _fit_info(model) -> dict:
@@ -332,31 +353,79 @@ def pool(name, per:list, splits:list, secs:float=0., info:dict|None=None, prior:
                            ScoreMatrix(per[0].test.names, per[0].test.ids, t), secs,
                            per[0].info if info is None else info, prior=prior)
 
+def _pool_extras(name, per:list, splits:list, secs:float, info:dict, prior:float) -> tuple:
+    "The pooled plain scores of `per` ((plain, candidates) a split), and one pooled candidate per extra any split tried"
+    plain = pool(name, [pl for pl,_ in per], splits, secs, info, prior)
+    def cand(k):                            # a split that did not try extra `k` (no confident photo) stands plain
+        ms = [next((c for c in cs if _key(c) == k), pl) for pl,cs in per]
+        return pool(name, ms, splits, secs, {**info, **_extra(next(m for m in ms if _key(m) == k))}, prior)
+    return plain, [cand(k) for k in dict.fromkeys(_key(c) for _,cs in per for c in cs)]
+
+def _kept(models) -> str:
+    "What each split's model kept, once when they agree"
+    kept = [str(getattr(m, 'kept', None) or '-') for m in models]
+    return kept[0] if len(set(kept)) == 1 else ' / '.join(kept)
+
+def _share(budget, r:int, n:int):
+    "Split `r`'s equal share of what is left of `budget` for the `n` - `r` splits still to go, and its reserve"
+    share = None if budget is None else TimeBudget(None if math.isinf(budget.left) else budget.left/(n - r)/60)
+    return share, (0.1*share.left if share is not None and math.isfinite(share.left) else 0.)
+
+def _split_path(path, r:int): return None if path is None else Path(path)/(f'split{r}' if r else '')
+
+def pooled_round(spec, scs:list, splits:list, p:Preset, *, kept, per:list, cands:list, imgs, crops, t0:float,
+                 path=None, budget=None):
+    "`pseudo_round` on every split, kept when the pooled held-out photos say it gains: (`ModelScores`, `Scored`s) or None"
+    if budget is not None and budget.left < 60*len(splits):
+        log.info(f'{spec.name}: {budget.left:.0f}s left, no time for a pseudo-label round on {len(splits)} splits')
+        return None
+    conf = _round_conf(cands, p)
+    found = [_confident(to_prob(sc.test_train, pl.ab), s.whales, conf, pl.thr) for sc,(pl,_),s in zip(scs, per, splits)]
+    if not all(len(rows) for rows,_ in found): return None        # one split names no test photo: no evidence from it
+    info = dict(conf=conf, n=int(sum(len(rows) for rows,_ in found)), per_split=[int(len(rows)) for rows,_ in found])
+    per2, scs2, models = [], [], []
+    for r,(sc,s,(rows,named)) in enumerate(zip(scs, splits, found)):
+        share, reserve = _share(budget, r, len(splits))
+        model = spec.pseudo_fit(sc.model, imgs, s.ids, s.train, crops[0], rows, named, preset=p,
+                                path=_split_path(path, r), budget=share, reserve=reserve)
+        sc2 = score_views(spec, model, imgs, crops, s, p); scs2.append(sc2); models.append(model)
+        per2.append(extras(spec, sc2, s, p, _maker(spec.name, s, {**_fit_info(model), 'pseudo_round': info}, t0,
+                                                   p.thr_prior)))
+    plain, cands2 = _pool_extras(spec.name, per2, splits, time.monotonic() - t0,
+                                 {**per2[0][0].info, 'kept': _kept(models), 'splits': len(splits)}, p.thr_prior)
+    best = max([plain] + cands2, key=lambda m: m.map_valid)
+    return (best, scs2) if _round_verdict(spec.name, kept, best, info, p.select_z) else None
+
+def pooled_twins(spec, scs:list, ms, imgs, splits:list, p:Preset):
+    "`new_whale_twins` on pooled evidence: the cut from every split's known held-out photos, test leans averaged"
+    if not _twins_enough(spec.name, ms, p): return ms
+    leans = [_leans(spec, sc, imgs, s, p) for sc,s in zip(scs, splits)]
+    return _twins_cut(spec.name, ms, np.concatenate([v for v,_ in leans]), sum(t for _,t in leans)/len(leans),
+                      f'the held-out photos of {len(splits)} splits, each against its training new_whale photos; '
+                      f'test photos against all {len(splits[0].new)}, their leans averaged over the splits')
+
 def score_splits(name, imgs, splits:list, timgs, preset:Preset, *, path=None, budget=None, cache_dir=None):
     "`ModelScores` of model `name` fitted on each of `splits`, every choice made on their pooled held-out photos"
     t0, spec, p = time.monotonic(), MODELS[name], preset
     crops = timgs if isinstance(timgs, list) else [timgs]
-    per = []
+    per, scs, models = [], [], []
     for r,split in enumerate(splits):       # an equal share of what is left, each; split r > 0 saves under split<r>
-        share = None if budget is None else TimeBudget(None if math.isinf(budget.left)
-                                                        else budget.left/(len(splits) - r)/60)
-        reserve = 0.1*share.left if share is not None and math.isfinite(share.left) else 0.
-        model = fit_model(name, imgs, split, p, path=None if path is None else Path(path)/(f'split{r}' if r else ''),
-                          budget=share, reserve=reserve, cache_dir=cache_dir)
-        sc = score_views(spec, model, imgs, crops, split, p)
+        share, reserve = _share(budget, r, len(splits))
+        model = fit_model(name, imgs, split, p, path=_split_path(path, r), budget=share, reserve=reserve,
+                          cache_dir=cache_dir)
+        sc = score_views(spec, model, imgs, crops, split, p); scs.append(sc); models.append(model)
         per.append(extras(spec, sc, split, p, _maker(name, split, _fit_info(model), t0, p.thr_prior)))
-    kept = [str(pl.info.get('kept') or '-') for pl,_ in per]
-    info = {**per[0][0].info, 'kept': kept[0] if len(set(kept)) == 1 else ' / '.join(kept), 'splits': len(splits)}
-    secs = time.monotonic() - t0
-    plain = pool(name, [pl for pl,_ in per], splits, secs, info, p.thr_prior)
-    keys = list(dict.fromkeys(_key(c) for _,cs in per for c in cs))
-    def cand(k):                            # a split that did not try extra `k` (no confident photo) stands plain
-        ms = [next((c for c in cs if _key(c) == k), pl) for pl,cs in per]
-        return pool(name, ms, splits, secs, {**info, **_extra(next(m for m in ms if _key(m) == k))}, p.thr_prior)
+    info = {**per[0][0].info, 'kept': _kept(models), 'splits': len(splits)}
+    plain, cands = _pool_extras(name, per, splits, time.monotonic() - t0, info, p.thr_prior)
     n_known = int(np.isin(np.asarray(plain.truth, dtype=object), plain.valid.ids).sum())
     log.info(f'{name}: {len(splits)} splits pooled, {len(plain.truth)} held-out photos ({n_known} of known whales); '
              f'kept {info["kept"]}')
-    ms = keep_best(name, plain, [cand(k) for k in keys], p.select_z)
+    ms = keep_best(name, plain, cands, p.select_z)
+    if p.pseudo_round > 0 and spec.pseudo_fit is not None:
+        r = pooled_round(spec, scs, splits, p, kept=ms, per=per, cands=cands, imgs=imgs, crops=crops, t0=t0,
+                         path=path, budget=budget)
+        if r is not None: ms, scs = r
+    if p.new_twins > 0 and all(len(s.train_new) for s in splits): ms = pooled_twins(spec, scs, ms, imgs, splits, p)
     ms.secs = time.monotonic() - t0
     return ms
 
