@@ -197,7 +197,7 @@ def sec_small(rs):
          'own `solution.csv`.', '']
     for r in rs:
         import small_sets
-        L += [f"{where(r)}, `{r['command']}`{' (overrides ' + str(r['sets']) + ')' if r.get('sets') else ''}"
+        L += [f"{where(r)}, `{r['command']}`{' (overrides ' + str(r['sets']) + ')' if r.get('sets') else ''}{'; code ' + r['code'] if r.get('code') else ''}"
               f"{'; whitening fitted on ' + r['whitening'] if r.get('whitening') else ''}:", '',
               small_sets.table(r), '']
     return L
@@ -289,7 +289,7 @@ def main():
                       ('fullsize', sec_full), ('cpu_precision', sec_cpu), ('rehearsal', sec_rehearsal),
                       ('default_run', sec_default), ('default_run_parts', sec_default_parts), ('small_sets', sec_small), ('dogs_seeds', sec_dogs_seeds), ('whitening', sec_whitening),
                       ('blend_rules', sec_blend_rules)]:
-        rs = load(name) + (load('small_sets_whiten_all') if name == 'small_sets' else [])   # the same draws, whitened on every photo
+        rs = load(name) + (load('small_sets_whiten_all') + load('small_sets_pooled') if name == 'small_sets' else [])   # the same draws: whitened on every photo; pooled twins and round
         if name == 'blend_rules': rs += load('blend_rules_dogs')                            # the dog faces' whole runs
         if rs or name == 'rehearsal': L += sec(rs) + ['']
         else: L += [f'## {name}', '', f'(no results yet: `python bench/{name}.py`)', '']
