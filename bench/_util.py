@@ -102,3 +102,15 @@ def with_fields(p, **kw):
     from whale_kernel.core import get_preset
     names = {f.name for f in dataclasses.fields(p)}
     return get_preset(p, **{k:v for k,v in kw.items() if k in names and v is not None})
+
+def sets_arg(s:str) -> dict:
+    "`--set K=V,K=V` as a dict of Python values (an argparse type)"
+    import ast
+    return {k: ast.literal_eval(v) for k, v in (o.split('=', 1) for o in s.split(','))}
+
+def cli_argv(args:list, sets:dict|None=None) -> list:
+    "The argv of `whale-kernel ARGS` with this Python, the `cpu` preset's fields `sets` overridden (the CLI has no flags for them)"
+    code = ('import sys; from whale_kernel.core import PRESETS, get_preset; '
+            + (f'PRESETS["cpu"] = get_preset("cpu", **{dict(sets)!r}); ' if sets else '')
+            + 'from whale_kernel.cli import main; sys.exit(main(sys.argv[1:]))')
+    return [sys.executable, '-c', code, *map(str, args)]

@@ -4,24 +4,20 @@ what each model kept, the blend's weights, wall time. Rows merge into bench/resu
     python bench/dogs_seeds.py [--seeds 42,1,2] [--tag 'pooled twins and round'] [--set KEY=VALUE,..] [--jobs 1]
                                [--threads N] [--data ../shared/data/dogfaces] [--root /tmp/whale_dogs]
 
-Each seed is `whale-kernel run --data DATA --out ROOT/seed<S> --seed S` (with `--set`: `pipeline.run` with those preset
-fields, as the CLI calls it). `--jobs 2 --threads 1` runs two seeds at once on one thread each: wall times are then
+Each seed is `whale-kernel run --data DATA --out ROOT/seed<S> --seed S` (with `--set`: the `cpu` preset with those
+fields). `--jobs 2 --threads 1` runs two seeds at once on one thread each: wall times are then
 not a single run's, the scores are the same (no time budget). Test MAP@5 comes from the run's own scoring of
 DATA/solution.csv, which nothing else reads.
 """
 import argparse, json, os, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from _util import meta, write, out_path, ROOT
+from _util import meta, write, out_path, ROOT, cli_argv, sets_arg
 
 def one(seed:int, a) -> dict:
     o = Path(a.root)/f'seed{seed}'; o.parent.mkdir(parents=True, exist_ok=True)
     args = ['--data', str(a.data), '--out', str(o), '--seed', str(seed)]
-    if a.set:
-        cmd = [sys.executable, '-c', 'import sys; from whale_kernel.cli import main; from whale_kernel import pipeline; '
-               f'r = pipeline.run; pipeline.run = lambda *a, **k: r(*a, **k, **{a.set!r}); sys.exit(main(sys.argv[1:]))',
-               'run'] + args
-    else: cmd = ['whale-kernel', 'run'] + args
+    cmd = cli_argv(['run'] + args, a.set)
     env = {**os.environ, **({'OMP_NUM_THREADS': str(a.threads)} if a.threads else {})}
     t = time.perf_counter()
     with open(o.parent/f'seed{seed}.log', 'w') as log: rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -42,7 +38,7 @@ def one(seed:int, a) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--seeds', default='42,1,2'); ap.add_argument('--tag', default='')
-    ap.add_argument('--set', type=lambda s: {k: eval(v) for k, v in (o.split('=', 1) for o in s.split(','))}, default={})
+    ap.add_argument('--set', type=sets_arg, default={})
     ap.add_argument('--jobs', type=int, default=1); ap.add_argument('--threads', type=int, default=None)
     ap.add_argument('--data', default=str(ROOT.parent/'shared'/'data'/'dogfaces')); ap.add_argument('--root', default='/tmp/whale_dogs')
     a = ap.parse_args(argv)

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 import numpy as np, pandas as pd, torch
-from _util import meta, write, out_path, Timer
+from _util import meta, write, out_path, Timer, cli_argv, sets_arg
 
 FULL = dict(train=25361, new=9664, whales=5004, test=7960, test_new=.276, top=73)
 REAL = {1: 2073, 2: 1285, 3: 568, 4: 273, 5: 172}       # whales with k train photos in the real competition
@@ -250,7 +250,7 @@ def part_post(a, root):
     return out
 
 def part_runs(a, root, res, save):
-    exe = shutil.which('whale-kernel'); rows = res.get('runs', {}).get('sets', {})     # earlier sizes stay; these are (re)run
+    rows = res.get('runs', {}).get('sets', {})     # earlier sizes stay; these are (re)run
     res['runs'] = dict(preset='cpu', budget_min=a.budget, sets=rows,
                        notes='synthetic competitions (`gen` copies); test MAP@5 against their solution.csv; max_rss_gb: the run\'s RSS '
                              'polled every 0.2 s (rusage_max_rss_gb is not the run\'s peak: StageLog resets the kernel\'s high-water '
@@ -259,11 +259,7 @@ def part_runs(a, root, res, save):
         d, o = root/f's{s}', root/'runs'/f's{s}'; shutil.rmtree(o, ignore_errors=True); o.mkdir(parents=True)
         args = ['--data', str(d/'competition'), '--out', str(o), '--boxes', str(d/'boxes'/'bounding_boxes.csv')] + \
                (['--time-budget', str(a.budget)] if a.budget else [])
-        if a.set:         # preset fields the CLI has no flag for: `pipeline.run` with them, as the CLI would call it
-            cmd = [sys.executable, '-c', 'import sys; from whale_kernel.cli import main; from whale_kernel import pipeline; '
-                   f'r = pipeline.run; pipeline.run = lambda *a, **k: r(*a, **k, **{a.set!r}); sys.exit(main(sys.argv[1:]))',
-                   'run'] + args
-        else: cmd = ([exe] if exe else [sys.executable, '-m', 'whale_kernel.cli']) + ['run'] + args
+        cmd = cli_argv(['run'] + args, a.set)    # the cpu preset, with the fields of --set
         print(' '.join(cmd), flush=True); t = time.perf_counter()
         with open(o.parent/f's{s}.log', 'w') as log: pr = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         peak = [0]; th = threading.Thread(target=_watch, args=(pr.pid, peak), daemon=True); th.start()
@@ -331,7 +327,7 @@ def main(argv=None):
                     help='shares of the test photos the post part\'s Siamese runs on, extrapolated when all < 1 (default 1/16,1/4; quick 1/4,1/2)')
     ap.add_argument('--scales', type=lambda s: [int(o) for o in s.split(',')], default=list(SCALES),
                     help='the copies (1/s of the whales) that gen writes and runs runs, e.g. 16,8,4 (default)')
-    ap.add_argument('--set', type=lambda s: {k: eval(v) for k, v in (o.split('=', 1) for o in s.split(','))}, default={},
+    ap.add_argument('--set', type=sets_arg, default={},
                     help="preset fields of the runs, e.g. 'equalize=False' (the kaggle preset's; sizes before it ran without it)")
     ap.add_argument('--seed', type=int, default=0); ap.add_argument('--readme', action='store_true', help='only write the README section')
     a = ap.parse_args(argv)

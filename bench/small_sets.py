@@ -13,7 +13,7 @@ choice made on noise. Writes bench/results/small_sets[_TAG].json and a markdown 
 import argparse, json, os, shutil, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd
-from _util import meta, write, TMP, RES
+from _util import meta, write, TMP, RES, cli_argv
 
 def _link(a, b):
     try: os.link(a, b)                 # the photos are read-only here: a hard link is a copy for free
@@ -40,12 +40,9 @@ def draw(src:Path, out:Path, seed:int, dogs:int=40, new:int=15, new_share:float=
 
 def run_one(data:Path, out:Path, models:str, sets:list) -> dict:
     "`whale-kernel run` on `data` (the cpu preset, with `sets` overriding its fields); its summary, wall time and log"
-    code = ('import sys; from whale_kernel.core import PRESETS, get_preset; '
-            f'PRESETS["cpu"] = get_preset("cpu", **{dict(sets)!r}); '
-            f'from whale_kernel.cli import main; sys.exit(main({["run", "--data", str(data), "--out", str(out), "--models", models]!r}))')
     t = time.perf_counter()
     with open(out.parent/f'{out.name}.log', 'w') as f:
-        r = subprocess.run([sys.executable, '-c', code], stdout=f, stderr=subprocess.STDOUT)
+        r = subprocess.run(cli_argv(['run', '--data', data, '--out', out, '--models', models], dict(sets)), stdout=f, stderr=subprocess.STDOUT)
     s = json.loads((out/'summary.json').read_text()) if (out/'summary.json').exists() else {}
     return dict(rc=r.returncode, wall_s=round(time.perf_counter() - t, 1), n_valid=s.get('n_valid'), valid=s.get('valid'),
                 test=s.get('test'), blend=s.get('blend'), kept=s.get('kept'))

@@ -237,9 +237,13 @@ def pseudo_round(spec, sc:Scored, split:Split, p:Preset, *, kept, plain, cands, 
     return (best, sc2) if _round_verdict(spec.name, kept, best, info, p.select_z) else None
 
 # %% ../nbs/07_pipeline.ipynb #4137526a
+def _known(ms) -> np.ndarray:
+    "Which held-out photos of `ms` show a known whale"
+    return np.isin(np.asarray(ms.truth, dtype=object), ms.valid.ids)
+
 def _twins_enough(name, ms, p:Preset) -> bool:
     "Whether `ms` has the known held-out photos it takes to bound the share of known test photos moved by `new_twins`"
-    n = int(np.isin(np.asarray(ms.truth, dtype=object), ms.valid.ids).sum())
+    n = int(_known(ms).sum())
     need = math.ceil(1/p.new_twins - 1 - 1e-9)
     if n < need:
         log.info(f"{name}: new_whale twins not looked for: {n} known validation photos, and "
@@ -258,8 +262,7 @@ def _leans(spec, sc:Scored, imgs, split:Split, p:Preset) -> tuple:
 
 def _twins_cut(name, ms, lean_valid, lean_test, how:str):
     "`ms` with `new_whale` first for the photos that lean further than any known held-out photo does"
-    known_valid = np.isin(np.asarray(ms.truth, dtype=object), ms.valid.ids)
-    cut = float(lean_valid[known_valid].max()); up_valid, up_test = lean_valid > cut, lean_test > cut
+    cut = float(lean_valid[_known(ms)].max()); up_valid, up_test = lean_valid > cut, lean_test > cut
     log.info(f"{name}: new_whale first for {up_test.sum()} of {len(up_test)} test photos (and {up_valid.sum()} "
              f"validation ones) that sit nearer a new_whale photo, against their best whale, than any known validation "
              f"photo does ({how})")
@@ -417,7 +420,7 @@ def score_splits(name, imgs, splits:list, timgs, preset:Preset, *, path=None, bu
         per.append(extras(spec, sc, split, p, _maker(name, split, _fit_info(model), t0, p.thr_prior)))
     info = {**per[0][0].info, 'kept': _kept(models), 'splits': len(splits)}
     plain, cands = _pool_extras(name, per, splits, time.monotonic() - t0, info, p.thr_prior)
-    n_known = int(np.isin(np.asarray(plain.truth, dtype=object), plain.valid.ids).sum())
+    n_known = int(_known(plain).sum())
     log.info(f'{name}: {len(splits)} splits pooled, {len(plain.truth)} held-out photos ({n_known} of known whales); '
              f'kept {info["kept"]}')
     ms = keep_best(name, plain, cands, p.select_z)
