@@ -10,7 +10,11 @@ from whale_kernel.train import load_checkpoint, SelectBest, frozen_size
 from whale_kernel.pipeline import quiet_bars
 from whale_kernel.arcface import (GeM, CosineHead, ArcFaceLoss, arc_margin, dynamic_margins, flip_labels, fold_flips, FlipClasses,
                                   oversample, imprint, arcface_model, arcface_learner, ViewDL, fit_arcface, arcface_features,
-                                  arcface_similarity, arcface_class_scores, arcface_centre_scores, arcface_pseudo_round, Backbones, _frozen_views)
+                                  arcface_similarity, arcface_class_scores, arcface_centre_scores, arcface_pseudo_round, Backbones, _frozen_views,
+                                  thaw_share, _thaw)
+from whale_kernel.core import get_preset
+from whale_kernel.train import _set_freeze
+from timm.models import group_parameters
 from whale_kernel.train import pooled_views
 from test_utils import toy_whales, tiny_preset, state, same_state
 
@@ -185,6 +189,30 @@ def test_training_lowers_loss():
     with quiet_bars(True): learn.fit(5, 1e-3)
     assert loss() < 0.85*before
 
+def test_fine_tune_thaws_the_top_share_of_the_backbones_layer_groups():
+    "`arcface_unfreeze`: 'all' trains every layer group of the backbone, 'late' its top half, a number that share of them"
+    imgs, ids = toy_whales()
+    known = np.flatnonzero(ids != NEW_WHALE); vocab = sorted(set(ids[known]))
+    dls = array_dls(imgs, ids, known, None, vocab=vocab, bs=6, aug=False)
+    model = arcface_model('efficientnet_lite0', n_ids=len(vocab), emb_dim=16, flip=False)
+    bb = model.backbone; ps = dict(bb.named_parameters())
+    groups = list(group_parameters(bb, bb.group_matcher(coarse=True)).values())
+    assert len(groups) == 8 and thaw_share('all') == 1. and thaw_share('late') == .5 and thaw_share(1/3) == 1/3
+    trained = {}
+    for u in ('all', 'late', 1/3, 0.1):
+        learn = arcface_learner(dls, model, thaw=thaw_share(u))
+        _set_freeze(learn, _thaw(get_preset('cpu', arcface_unfreeze=u))['freeze'])
+        per = [{ps[n].requires_grad for n in g} for g in groups]
+        assert all(len(o) == 1 for o in per)                    # a group trains whole (its norm layers too) or not at all
+        trained[u] = [o == {True} for o in per]
+        assert all(p.requires_grad for n,p in model.named_parameters() if not n.startswith('backbone'))   # neck, head
+    assert trained['all'] == [True]*8                         # stem, blocks 0-6
+    assert trained['late'] == [False]*4 + [True]*4            # blocks 3-6
+    assert trained[1/3] == [False]*5 + [True]*3               # blocks 4-6
+    assert trained[0.1] == [False]*7 + [True]                 # block 6 alone
+    for bad in ('top', 0, 1.5, True):
+        with pytest.raises(ValueError, match='arcface_unfreeze'): get_preset('cpu', arcface_unfreeze=bad)
+
 def test_fit_arcface_checks_input():
     imgs, ids = toy_whales()
     with pytest.raises(ValueError, match='photos but'): fit_arcface(imgs, ids[:-1], np.arange(5), preset=tiny_preset())
@@ -277,7 +305,7 @@ def test_fit_auto_keeps_the_fine_tune_only_when_validation_says_so(keep, tmp_pat
     else:                                         # kept: the late half of the backbone trained, photos go through it
         assert learn.kept == 'epoch 1, then fine-tune epoch 1' and not learn.wk['frozen']
         assert not same_state(state(learn.model), thaw.base_sd)
-        assert _thawed(learn) == (True, False)    # `arcface_unfreeze='late'`: the early layers stayed frozen
+        assert _thawed(learn) == (True, False)    # the `cpu` preset's top third: the early layers stayed frozen
         assert load_checkpoint(tmp_path/'arcface_thaw.pth')['stage'] == 'thaw'
     f = arcface_features(learn, imgs[:3], tta=False)
     assert f.shape == (3, 16) and torch.isfinite(f).all()

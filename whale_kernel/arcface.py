@@ -5,6 +5,7 @@
 # %% ../nbs/04_arcface.ipynb #75e6f128
 from __future__ import annotations
 import copy, dataclasses, math
+from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn, torch.nn.functional as F
@@ -29,8 +30,8 @@ from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, S
 # %% auto #0
 __all__ = ['GeM', 'CosineHead', 'ArcFaceNet', 'arc_margin', 'ArcFaceLoss', 'dynamic_margins', 'flip_labels', 'fold_flips',
            'FlipClasses', 'oversample', 'imprint', 'Backbones', 'arcface_model', 'arcface_learner', 'ViewDL',
-           'arcface_centre_scores', 'arcface_class_scores', 'fit_arcface', 'arcface_pseudo_round', 'arcface_features',
-           'arcface_similarity']
+           'arcface_centre_scores', 'arcface_class_scores', 'thaw_share', 'fit_arcface', 'arcface_pseudo_round',
+           'arcface_features', 'arcface_similarity']
 
 # %% ../nbs/04_arcface.ipynb #d8fc8d34
 class GeM(nn.Module):
@@ -200,12 +201,14 @@ def arcface_model(arch:str|tuple='efficientnet_lite0', weights:str|None='offline
 
 @delegates(Learner.__init__)
 def arcface_learner(dls, model:ArcFaceNet, s:float=30., m:float=0.5, margins=None, easy_margin:bool=False,
-                    flip_ids:int=0, mixed_precision:bool=True, channels_last:bool=True, **kwargs) -> Learner:
+                    flip_ids:int=0, mixed_precision:bool=True, channels_last:bool=True, thaw:float=0.5,
+                    **kwargs) -> Learner:
     "A fastai `Learner` training `model` on `dls` with `ArcFaceLoss`; `FlipClasses` on photo batches when `flip_ids`"
     cbs = L(kwargs.pop('cbs', None)) + L(FlipClasses(flip_ids) if flip_ids else None)
     kwargs = dict(metrics=accuracy, train_bn=False, **kwargs)
-    learn = Learner(dls, model, loss_func=ArcFaceLoss(s, m, margins, easy_margin), splitter=backbone_splitter,
-                    cbs=cbs, **kwargs)
+    # parameter groups: the backbone's layer groups below its top `thaw` share, the top share, neck and head
+    split = partial(backbone_splitter, frac=1-thaw)
+    learn = Learner(dls, model, loss_func=ArcFaceLoss(s, m, margins, easy_margin), splitter=split, cbs=cbs, **kwargs)
     return to_device_precision(learn, mixed_precision, channels_last)
 
 # %% ../nbs/04_arcface.ipynb #1a3dfef8
@@ -259,10 +262,14 @@ def _view_dls(rows, va, pv, labels, n_ids:int, bs:int, device) -> DataLoaders:
                               drop_last=len(rows) >= 2*bs),
                        ViewDL(va, pv=pv, labels=labels, n_ids=n_ids, bs=2*bs), device=device)
 
+def thaw_share(unfreeze:str|float) -> float:
+    "The share of the backbone's layer groups a fine-tune thaws, from the top: `'all'` 1, `'late'` ½, else `unfreeze`"
+    return {'all': 1., 'late': .5}[unfreeze] if isinstance(unfreeze, str) else float(unfreeze)
+
 def _thaw(p:Preset) -> dict:
     "The fine-tune's learning rates (early layers /10) and what stays frozen"
     return dict(lr=slice(p.arcface_ft_lr/10, p.arcface_ft_lr),
-                freeze='none' if p.arcface_unfreeze == 'all' else 'early')
+                freeze='none' if thaw_share(p.arcface_unfreeze) >= 1 else 'early')
 
 def _frozen_views(backbone, imgs, views:int, c:dict) -> torch.Tensor:
     "Pooled views (V,N,C) of `imgs` for frozen settings `c`; several backbones' L2-normalised, side by side"
@@ -312,7 +319,8 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     margins = dynamic_margins(pd.Series(ids[tr]).value_counts()[vocab].values).repeat(2) if p.dynamic_margin else None
     mk = lambda dls, frozen: arcface_learner(dls, model, s=p.arcface_s, m=p.arcface_m, margins=margins,
                                              flip_ids=0 if frozen else n, mixed_precision=p.mixed_precision,
-                                             channels_last=p.channels_last, path=Path(path or '.'))
+                                             channels_last=p.channels_last, thaw=thaw_share(p.arcface_unfreeze),
+                                             path=Path(path or '.'))
     learn = mk(dls, frozen); learn.wk = info
     def score(learn):
         if learn.wk['frozen']:           # cached views: the whole training gallery is cheap to embed
@@ -418,7 +426,7 @@ def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, t
     lf = learn.loss_func
     new = arcface_learner(dls, copy.deepcopy(m), s=lf.s, m=lf.m, margins=lf.margins, easy_margin=lf.easy_margin,
                           flip_ids=0 if c['frozen'] else n, mixed_precision=p.mixed_precision,
-                          channels_last=p.channels_last, path=learn.path)
+                          channels_last=p.channels_last, thaw=thaw_share(p.arcface_unfreeze), path=learn.path)
     new.wk = c
     meta = dict(vocab=vocab, arch=p.arch, frozen=c['frozen'], share=p.pseudo_round, seed=p.seed,
                 names=_key(list(names)), kept=getattr(learn, 'kept', None))

@@ -65,7 +65,8 @@ class Preset:
     arcface_ft_epochs:tuple = (3, 14)  # floor and ceiling of the fine-tune's epochs
     arcface_ft_lr:float = 3e-3         # fine-tune rate of the late layers (early ones: /10)
     arcface_freeze_epochs:int = 1      # finetune: epochs with the backbone frozen before it thaws
-    arcface_unfreeze:str = 'late'      # fine-tune: thaw 'all' of the backbone or its 'late' half
+    arcface_unfreeze:str|float = 1/3   # fine-tune: thaw 'all' of the backbone, its 'late' half, or this share of its
+                                       # layer groups from the top (04_arcface)
     arcface_frozen_arch:str|tuple|None = ('efficientnet_lite0', 'efficientnet_lite1')   # 'auto', fine-tune not kept:
                                        # the frozen ArcFace moves to these backbones, side by side
                                        # (None: stays on `arch`; 04_arcface)
@@ -82,7 +83,7 @@ class Preset:
     siamese_epochs:tuple = (10, 80)
     siamese_lr:float = 1e-3
     siamese_feats:int = 256            # branch feature size fed to the pair head
-    siamese_views:int = 8              # frozen: cached views per photo for the pair head (05_siamese)
+    siamese_views:int = 4              # frozen: cached views per photo for the pair head (05_siamese)
     lap_every:int = 5                  # recompute the LAP cost matrix every N epochs
     lap_blocks:int = 1                 # >1 splits LAP mining into blocks (large n)
     # selection on validation
@@ -141,8 +142,12 @@ class Preset:
         for k,ok in [('reduce',('max','mean')), ('equalize',(True,False,'auto')),
                      ('arcface_mode',('frozen','finetune','auto')),
                      ('siamese_mode',('frozen','finetune')),
-                     ('arcface_unfreeze',('all','late')), ('frozen_res',('native',None)), ('knn_res',('native',None))]:
+                     ('frozen_res',('native',None)), ('knn_res',('native',None))]:
             if getattr(self, k) not in ok: raise ValueError(f"Preset.{k} must be one of {ok}, got {getattr(self, k)!r}")
+        u = self.arcface_unfreeze
+        if u not in ('all', 'late') and not (not isinstance(u, (bool, str)) and isinstance(u, (int, float)) and 0 < u <= 1):
+            raise ValueError(f"Preset.arcface_unfreeze must be 'all', 'late' or a share of the backbone in (0, 1], "
+                             f"got {u!r}")
         share = lambda x, top: (not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x
                                 and (x <= 1 if top else x < 1))
         if not share(self.pseudo_round, True):
