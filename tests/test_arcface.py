@@ -302,7 +302,7 @@ def test_fit_auto_keeps_the_fine_tune_only_when_validation_says_so(keep, tmp_pat
     if not keep:                                  # an impossible bar: the frozen model, scored from the feature cache
         assert learn.kept == 'step 0 (fine-tune not kept)' and learn.wk['frozen']
         assert same_state(state(learn.model), thaw.base_sd)
-    else:                                         # kept: the late half of the backbone trained, photos go through it
+    else:                                         # kept: the top of the backbone trained, photos go through it
         assert learn.kept == 'epoch 1, then fine-tune epoch 1' and not learn.wk['frozen']
         assert not same_state(state(learn.model), thaw.base_sd)
         assert _thawed(learn) == (True, False)    # the `cpu` preset's top third: the early layers stayed frozen

@@ -144,12 +144,12 @@ class Preset:
                      ('siamese_mode',('frozen','finetune')),
                      ('frozen_res',('native',None)), ('knn_res',('native',None))]:
             if getattr(self, k) not in ok: raise ValueError(f"Preset.{k} must be one of {ok}, got {getattr(self, k)!r}")
-        u = self.arcface_unfreeze
-        if u not in ('all', 'late') and not (not isinstance(u, (bool, str)) and isinstance(u, (int, float)) and 0 < u <= 1):
-            raise ValueError(f"Preset.arcface_unfreeze must be 'all', 'late' or a share of the backbone in (0, 1], "
-                             f"got {u!r}")
         share = lambda x, top: (not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x
                                 and (x <= 1 if top else x < 1))
+        u = self.arcface_unfreeze
+        if u not in ('all', 'late') and not (share(u, True) and u > 0):
+            raise ValueError(f"Preset.arcface_unfreeze must be 'all', 'late' or a share of the backbone in (0, 1], "
+                             f"got {u!r}")
         if not share(self.pseudo_round, True):
             raise ValueError(f"Preset.pseudo_round must be a share of the kept phase's steps in [0, 1] (0: no round), "
                              f"got {self.pseudo_round!r}")
