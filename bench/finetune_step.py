@@ -67,8 +67,7 @@ def main(argv=None):
                        trainable=sum(q.numel() for q in model.parameters() if q.requires_grad),
                        secs_per_epoch=round(secs/a.epochs, 2), ms_per_step=round(1000*secs/n, 1), median_ms=ms)
             res.append(row); print(row, flush=True)
-    base = next(r for r in res if r['unfreeze'] == 'late' and r['precision'] == 'bf16')['ms_per_step'] if any(
-        r['unfreeze'] == 'late' and r['precision'] == 'bf16' for r in res) else None
+    base = next((r['ms_per_step'] for r in res if r['unfreeze'] == 'late' and r['precision'] == 'bf16'), None)
     for r in res: r['vs_late_bf16'] = base and round(r['ms_per_step']/base, 3)
     write('finetune_step', {**meta(), 'command': ' '.join(['python bench/finetune_step.py', *(sys.argv[1:] if argv is None else argv)]),
                             'data': str(data), 'size': [128, 272], 'rows': len(rows), 'runs': res})
