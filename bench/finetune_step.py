@@ -6,7 +6,8 @@ the backward pass, the optimizer step, for each share of the backbone thawed (`a
 The learner is the `cpu` preset's fine-tune as `fit_arcface` builds it (`arcface_learner` on `array_dls` with the
 preset's augmentations, `FlipClasses`, dynamic margins, the backbone's layer groups below the thawed share frozen,
 `train_bn=False`), on the synthetic default's photos (the README's run: 220 whales, 128x272 at the `cpu` preset's
-pixel budget). Each setting trains `--epochs` epochs after one warm-up epoch; a callback stamps the time at fastai's
+pixel budget). With `--trunk-views`, the shares below 'all' are also timed as `fit_arcface` trains them with
+`arcface_trunk_views`: the frozen trunk's outputs cached once (its seconds are reported), the top on them. Each setting trains `--epochs` epochs after one warm-up epoch; a callback stamps the time at fastai's
 batch events. Variants run one after another in one process, so their ratios are comparable; absolute times move with
 the machine's load. Writes bench/results/finetune_step.json.
 """
@@ -33,11 +34,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--shares', default='all,late,0.333', help="arcface_unfreeze values: 'all', 'late' or shares")
     ap.add_argument('--precisions', default='bf16,fp32', help='bf16: the learner as it ships on a CPU with bf16; fp32')
+    ap.add_argument('--trunk-views', type=int, default=8,
+                    help="also time the top share's steps on the cached trunk's outputs, this many views (0: not)")
     ap.add_argument('--epochs', type=int, default=1); ap.add_argument('--n-whales', type=int, default=220)
     a = ap.parse_args(argv)
     from whale_kernel.core import get_preset
     from whale_kernel.data import NEW_WHALE, array_dls, preset_aug
-    from whale_kernel.arcface import arcface_model, arcface_learner, dynamic_margins, oversample, thaw_share, _thaw
+    from whale_kernel.arcface import (arcface_model, arcface_learner, dynamic_margins, oversample, thaw_share, _thaw,
+                                      trunk_cut, trunk_views, TopNet, _view_dls)
     from whale_kernel.train import _set_freeze
     from whale_kernel.pipeline import quiet_bars
     p = get_preset('cpu')
@@ -50,24 +54,37 @@ def main(argv=None):
     margins = dynamic_margins(pd.Series(ids[known]).value_counts()[vocab].values).repeat(2)
     shares = [s if s in ('all', 'late') else float(s) for s in a.shares.split(',')]
     res = []
-    for prec in a.precisions.split(','):
-        for u in shares:
-            torch.manual_seed(0)
-            model = arcface_model(p.arch, p.weights, len(vocab), p.emb_dim, p.arcface_k, pool='gem')
-            learn = arcface_learner(dls, model, s=p.arcface_s, m=p.arcface_m, margins=margins, flip_ids=len(vocab),
-                                    mixed_precision=prec == 'bf16', thaw=thaw_share(u))
-            _set_freeze(learn, _thaw(get_preset('cpu', arcface_unfreeze=u))['freeze'])
-            st = Stamps(); learn.add_cb(st)
-            with quiet_bars(True):
-                learn.fit(1, 1e-4)                               # warm-up: allocator, first-call costs
-                t = time.perf_counter(); learn.fit(a.epochs, 1e-4); secs = time.perf_counter() - t
-            ms = {k: round(1000*float(np.median(v)), 1) for k,v in st.parts.items()}
-            n = len(st.parts['step'])
-            row = dict(unfreeze=u, share=thaw_share(u), precision=prec, steps=n, bs=p.bs,
-                       trainable=sum(q.numel() for q in model.parameters() if q.requires_grad),
-                       secs_per_epoch=round(secs/a.epochs, 2), ms_per_step=round(1000*secs/n, 1), median_ms=ms)
-            res.append(row); print(row, flush=True)
-    base = next((r['ms_per_step'] for r in res if r['unfreeze'] == 'late' and r['precision'] == 'bf16'), None)
+    runs = [(prec, u, False) for prec in a.precisions.split(',') for u in shares]
+    runs += [(prec, u, True) for prec in a.precisions.split(',') for u in shares if a.trunk_views and thaw_share(u) < 1]
+    for prec, u, trunk in runs:
+        torch.manual_seed(0)
+        model = arcface_model(p.arch, p.weights, len(vocab), p.emb_dim, p.arcface_k, pool='gem')
+        cache_s = None
+        if trunk:                  # as `fit_arcface` does it: the trunk's views once, then the top on them
+            cut = trunk_cut(model, thaw_share(u)); u_rows = np.r_[known, va]; at = {r:i for i,r in enumerate(known)}
+            t = time.perf_counter()
+            pv = trunk_views(model, cut, imgs, u_rows, a.trunk_views, preset_aug(p), p.seed, bs=p.bs)
+            cache_s = round(time.perf_counter() - t, 2)
+            lab = np.array([vocab.index(o) for o in ids[u_rows]])
+            tdls = _view_dls([at[r] for r in rows], np.arange(len(known), len(u_rows)), pv, lab, len(vocab), p.bs, 'cpu')
+            net, fl = TopNet(model, cut), 0
+        else: tdls, net, fl = dls, model, len(vocab)
+        learn = arcface_learner(tdls, net, s=p.arcface_s, m=p.arcface_m, margins=margins, flip_ids=fl,
+                                mixed_precision=prec == 'bf16', thaw=thaw_share(u))
+        _set_freeze(learn, _thaw(get_preset('cpu', arcface_unfreeze=u))['freeze'])
+        st = Stamps(); learn.add_cb(st)
+        with quiet_bars(True):
+            learn.fit(1, 1e-4)                               # warm-up: allocator, first-call costs
+            t = time.perf_counter(); learn.fit(a.epochs, 1e-4); secs = time.perf_counter() - t
+        ms = {k: round(1000*float(np.median(v)), 1) for k,v in st.parts.items()}
+        n = len(st.parts['step'])
+        row = dict(unfreeze=u, share=thaw_share(u), precision=prec, trunk_views=a.trunk_views if trunk else 0,
+                   trunk_cache_s=cache_s, steps=n, bs=p.bs,
+                   trainable=sum(q.numel() for q in model.parameters() if q.requires_grad),
+                   secs_per_epoch=round(secs/a.epochs, 2), ms_per_step=round(1000*secs/n, 1), median_ms=ms)
+        res.append(row); print(row, flush=True)
+    base = next((r['ms_per_step'] for r in res if r['unfreeze'] == 'late' and r['precision'] == 'bf16'
+                 and not r['trunk_views']), None)
     for r in res: r['vs_late_bf16'] = base and round(r['ms_per_step']/base, 3)
     write('finetune_step', {**meta(), 'command': ' '.join(['python bench/finetune_step.py', *(sys.argv[1:] if argv is None else argv)]),
                             'data': str(data), 'size': [128, 272], 'rows': len(rows), 'runs': res})

@@ -218,14 +218,16 @@ def sec_finetune_step(rs):
     L = ['## finetune_step: where an ArcFace fine-tune step goes', '',
          '`python bench/finetune_step.py [--shares all,late,0.333] [--precisions bf16,fp32]`: the `cpu` preset\'s fine-tune '
          '(`arcface_learner` with its augmentations on the synthetic default\'s photos, 128×272, batch 32) with the top '
-         '`arcface_unfreeze` share of the backbone\'s layer groups thawed; median milliseconds per training batch of each part, '
-         'all variants one after another in one process.', '',
-         '| machine | thawed | precision | trainable params | ms / step | against late, bf16 | data | forward + loss | backward | optimizer |',
-         '|---|---|---|---|---|---|---|---|---|---|']
+         '`arcface_unfreeze` share of the backbone\'s layer groups thawed, on photos or (`--trunk-views`) on the cached '
+         'output of the frozen trunk below it, as `arcface_trunk_views` trains; median milliseconds per training batch '
+         'of each part, all variants one after another in one process.', '',
+         '| machine | thawed | reads | precision | trainable params | ms / step | against late, bf16 | data | forward + loss | backward | optimizer |',
+         '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rs:
         for o in r['runs']:
-            m = o['median_ms']
-            L.append(f"| {where(r)} | {o['unfreeze']} | {o['precision']} | {o['trainable']:,} | {o['ms_per_step']:.0f} | "
+            m = o['median_ms']; tv = o.get('trunk_views')
+            reads = f"trunk cache, {tv} views ({o['trunk_cache_s']:.0f} s once)" if tv else 'photos'
+            L.append(f"| {where(r)} | {o['unfreeze']} | {reads} | {o['precision']} | {o['trainable']:,} | {o['ms_per_step']:.0f} | "
                      f"{f(o['vs_late_bf16'], 2)} | {m['data']:.0f} | {m['forward']:.0f} | {m['backward']:.0f} | {m['step']:.0f} |")
     return L
 
@@ -305,8 +307,8 @@ def main():
                       ('fullsize', sec_full), ('cpu_precision', sec_cpu), ('rehearsal', sec_rehearsal),
                       ('default_run', sec_default), ('default_run_parts', sec_default_parts), ('finetune_step', sec_finetune_step), ('small_sets', sec_small), ('dogs_seeds', sec_dogs_seeds), ('whitening', sec_whitening),
                       ('blend_rules', sec_blend_rules)]:
-        rs = load(name) + (load('small_sets_whiten_all') + load('small_sets_pooled') + load('small_sets_t3v4')
-                            if name == 'small_sets' else [])   # the same draws: whitened on every photo; pooled twins and round; top third thawed, four Siamese views
+        rs = load(name) + (load('small_sets_whiten_all') + load('small_sets_pooled') + load('small_sets_t3v4') + load('small_sets_tr8')
+                            if name == 'small_sets' else [])   # the same draws: whitened on every photo; pooled twins and round; top third thawed, four Siamese views; trunk cache
         if name == 'blend_rules': rs += load('blend_rules_dogs')                            # the dog faces' whole runs
         if rs or name == 'rehearsal': L += sec(rs) + ['']
         else: L += [f'## {name}', '', f'(no results yet: `python bench/{name}.py`)', '']

@@ -5,7 +5,7 @@ from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 from whale_kernel.core import TimeBudget
 from whale_kernel.backbone import create_backbone
-from whale_kernel.data import NEW_WHALE, array_dls
+from whale_kernel.data import NEW_WHALE, array_dls, img_batches
 from whale_kernel.train import load_checkpoint, SelectBest, frozen_size
 from whale_kernel.pipeline import quiet_bars
 from whale_kernel.arcface import (GeM, CosineHead, ArcFaceLoss, arc_margin, dynamic_margins, flip_labels, fold_flips, FlipClasses,
@@ -503,3 +503,59 @@ def test_whitening_sees_the_training_rows_only(monkeypatch):
             fit_arcface(x, ids, tr, VA, preset=tiny_preset(arcface_mode='frozen'), arcface_epochs=(1, 1), budget=TimeBudget(0))
     assert len(seen) == 2 and len(seen[0]) == 2*len(tr)                 # plain and mirrored views of the training rows
     torch.testing.assert_close(seen[0], seen[1])
+
+# --- fine-tune on a cached trunk ---------------------------------------------------------------------------------------
+
+from whale_kernel.arcface import trunk_cut, TopNet, trunk_views
+from whale_kernel.core import seed_everything
+
+def test_trunk_cut_and_top_net_read_as_the_whole_network():
+    "The trunk is the stem and the blocks below the thawed share; the top read from its cached output embeds as the whole net does"
+    imgs, ids = toy_whales()
+    model = arcface_model('efficientnet_lite0', weights=None, n_ids=6, emb_dim=16).eval()
+    assert trunk_cut(model, 1/3) == 4 and trunk_cut(model, .5) == 3 and trunk_cut(model, 1.) == 0
+    assert trunk_cut(arcface_model('resnet10t', weights=None, n_ids=6, emb_dim=16), 1/3) == 0   # not the EfficientNet family
+    idx = [0, 5, 19]
+    tv = trunk_views(model, 4, imgs, idx, views=4, seed=3)
+    assert tv.shape[:2] == (4, 3) and tv.dtype == torch.bfloat16
+    top = TopNet(model, 4).eval()
+    assert top.fc is model.fc and top.backbone is model.backbone            # it reads as `net` where it has no attribute of its own
+    with torch.no_grad():
+        whole = [model.embed(torch.cat(list(img_batches(imgs, idx, flip=f)))) for f in (False, True)]
+        for v in (0, 1):                                                     # plain, then mirrored
+            torch.testing.assert_close(top.embed(tv[v]), whole[v], atol=0.05*float(whole[v].abs().max()), rtol=0.05)
+    assert not torch.equal(tv[2], tv[0]) and not torch.equal(tv[3], tv[1])   # augmented views
+    torch.testing.assert_close(trunk_views(model, 4, imgs, idx, views=4, seed=3), tv, atol=0, rtol=0)   # the same seed: the same views
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match='arcface_trunk_views'): get_preset('cpu', arcface_trunk_views=bad)
+
+@pytest.mark.parametrize('views', [0, 4])
+def test_fit_auto_fine_tunes_the_top_on_the_trunk_cache(views, tmp_path, monkeypatch):
+    "A kept fine-tune trains the blocks above the trunk alone, whether it reads the trunk's cache or photos; the cache leaves the trunk's batch norm as it was, and the round reads it too"
+    import whale_kernel.arcface as A
+    monkeypatch.setattr(A, 'SelectBest', _KeepLast)
+    imgs, ids = toy_whales()
+    p = tiny_preset(arch='efficientnet_lite0', select_z=1e9, arcface_epochs=(1, 1), arcface_ft_epochs=(2, 2),
+                    arcface_unfreeze=1/3, arcface_trunk_views=views, pseudo_round=0.5)
+    seed_everything(p.seed)                                                  # the weights `fit_arcface` starts from
+    model = arcface_model('efficientnet_lite0', weights=None, n_ids=6, emb_dim=16, k=p.arcface_k)
+    before = {k: v.clone() for k,v in model.backbone.state_dict().items()}
+    with quiet_bars(True): learn = fit_arcface(imgs, ids, TR, VA, preset=p, path=tmp_path)
+    assert type(learn.model).__name__ == 'ArcFaceNet' and 'fine-tune' in learn.kept   # photos from here on
+    assert load_checkpoint(tmp_path/'arcface_thaw.pth')['trunk'] == (4 if views else 0)
+    sd = learn.model.backbone.state_dict()
+    trunk = [k for k in sd if k.split('.')[0] in ('conv_stem', 'bn1') or k.startswith(tuple(f'blocks.{i}.' for i in range(4)))]
+    top = [k for k in sd if k.startswith(('blocks.5.', 'blocks.6.')) and k.endswith('weight')]
+    stats = [k for k in trunk if k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
+    assert trunk and top and stats and all(torch.equal(sd[k], before[k]) for k in trunk if k not in stats)
+    assert all(not torch.equal(sd[k], before[k]) for k in top)               # the top third trained
+    # on the cache the trunk's batch norm never runs in training mode; on photos its statistics follow the batches
+    assert all(torch.equal(sd[k], before[k]) for k in stats) == bool(views)
+    assert ('trunk' in learn.wk) == bool(views)
+    timgs = imgs[[1, 4, 7]][:, :, ::-1].copy()
+    with quiet_bars(True):
+        out = arcface_pseudo_round(learn, imgs, ids, TR, timgs, [0, 1, 2], ['w0', 'w1', 'w2'], preset=p, path=tmp_path)
+    assert type(out.model).__name__ == 'ArcFaceNet' and out.model is not learn.model
+    assert load_checkpoint(tmp_path/'arcface_pseudo.pth')['trunk'] == (4 if views else False)
+    f = arcface_features(out, imgs[:3], tta=False)
+    assert f.shape == (3, 16) and torch.isfinite(f).all()

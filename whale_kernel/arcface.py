@@ -18,20 +18,22 @@ from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.metrics import accuracy
 from fastai.callback.schedule import fit_one_cycle, lr_find
+from fastai.torch_core import TensorImage
+from fasttransform import Pipeline
 from timm.layers import SelectAdaptivePool2d
 from .core import Preset, get_preset, seed_everything, log
-from .data import NEW_WHALE, array_dls, img_batches, preset_aug
+from .data import NEW_WHALE, array_dls, aug_tfms, img_batches, preset_aug
 from .metrics import query_aps
 from .backbone import create_backbone, weights_tag
 from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, SelectBest, features,
                                 cosine_sim, pooled_views, retrieval_aps, plan_epochs, eval_mode, pca_whitening,
-                                identity_bn, _key, frozen_size)
+                                identity_bn, _key, frozen_size, amp_dtype, fold_bn, _probe)
 
 # %% auto #0
 __all__ = ['GeM', 'CosineHead', 'ArcFaceNet', 'arc_margin', 'ArcFaceLoss', 'dynamic_margins', 'flip_labels', 'fold_flips',
            'FlipClasses', 'oversample', 'imprint', 'Backbones', 'arcface_model', 'arcface_learner', 'ViewDL',
-           'arcface_centre_scores', 'arcface_class_scores', 'thaw_share', 'fit_arcface', 'arcface_pseudo_round',
-           'arcface_features', 'arcface_similarity']
+           'arcface_centre_scores', 'arcface_class_scores', 'trunk_cut', 'TopNet', 'trunk_views', 'thaw_share',
+           'fit_arcface', 'arcface_pseudo_round', 'arcface_features', 'arcface_similarity']
 
 # %% ../nbs/04_arcface.ipynb #d8fc8d34
 class GeM(nn.Module):
@@ -247,6 +249,69 @@ def arcface_class_scores(learn:Learner, imgs, bs:int=64, tta:bool=True, idxs=Non
     # photo batches of `bs` there
     return arcface_centre_scores(learn, arcface_features(learn, imgs, bs=4*bs, tta=tta, idxs=idxs))
 
+# %% ../nbs/04_arcface.ipynb #fb5e8163
+def trunk_cut(model:ArcFaceNet, thaw:float) -> int:
+    "How many of the backbone's `blocks` lie, with its stem, below the top `thaw` share of its layer groups (0: none)"
+    bb = model.backbone
+    if thaw >= 1 or not all(hasattr(bb, a) for a in ('conv_stem', 'bn1', 'blocks', 'conv_head', 'bn2')): return 0
+    groups = backbone_splitter(model, 1-thaw)
+    if len(groups) < 3: return 0                    # nothing below the thawed share
+    early = {id(q) for q in groups[0]}
+    inside = lambda *ms: all(id(q) in early for m in ms for q in m.parameters())
+    if not inside(bb.conv_stem, bb.bn1): return 0
+    cut = 0
+    while cut < len(bb.blocks) and inside(bb.blocks[cut]): cut += 1
+    return cut
+
+class TopNet(nn.Module):
+    "`net` (an `ArcFaceNet`) from the output of its backbone's stem and first `cut` blocks on; else it reads as `net`"
+    def __init__(self, net:ArcFaceNet, cut:int):
+        super().__init__(); self.net,self.cut = net,cut
+    def __getattr__(self, name):
+        try: return super().__getattr__(name)
+        except AttributeError: return getattr(self._modules['net'], name)
+    def forward_features(self, h):
+        bb = self.net.backbone; h = h.as_subclass(torch.Tensor).float()
+        return bb.bn2(bb.conv_head(bb.blocks[self.cut:](h)))
+    def forward(self, h): return self.net.forward_head(self.forward_features(h))
+    def embed(self, h): return self.net.forward_head(self.forward_features(h), pre_logits=True)
+
+@torch.no_grad()
+def trunk_views(model:ArcFaceNet, cut:int, imgs, idxs=None, views:int=2, aug_kw:dict|None=None, seed:int=0,
+                bs:int=64) -> torch.Tensor:
+    "Trunk outputs (V,N,C,h,w) bf16 on CPU of rows `idxs` of `imgs`: 0 plain, 1 mirrored, then augmented (odd: mirrored)"
+    bb = model.backbone; dev = next(model.parameters()).device
+    trunk = nn.Sequential(bb.conv_stem, bb.bn1, *bb.blocks[:cut])
+    idxs = np.arange(len(imgs)) if idxs is None else np.asarray(idxs, dtype=int)
+    aug = Pipeline(aug_tfms(True, **(aug_kw or {})), split_idx=0)
+    dt = amp_dtype(dev)
+    def run(x):
+        with torch.autocast(dev.type, dtype=dt or torch.float32, enabled=dt is not None):
+            return trunk(x.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last)).to(
+                torch.bfloat16).contiguous().cpu()
+    out, state = [], torch.get_rng_state()
+    with eval_mode(trunk), fold_bn(trunk, _probe(trunk, imgs, idxs, dev), on=dev.type == 'cpu'):
+        for v in range(views):
+            torch.manual_seed(seed*1000 + v)
+            if v < 2: fs = [run(x) for x in img_batches(imgs, idxs, bs=bs, device=dev, flip=v == 1)]
+            else:
+                fs = []
+                for i in range(0, len(idxs), bs):
+                    x = aug(TensorImage(torch.from_numpy(np.array(imgs[idxs[i:i+bs]])).permute(0,3,1,2).to(dev)))
+                    fs.append(run(x.flip(3) if v % 2 else x))
+            out.append(torch.cat(fs) if fs else run(torch.zeros(1, 3, *imgs.shape[1:3], device=dev))[:0])
+    torch.set_rng_state(state)
+    return torch.stack(out)
+
+def _trunk_fits(model:ArcFaceNet, cut:int, imgs, n:int, views:int, limit:float=4.) -> bool:
+    "Whether `views` trunk outputs of `n` photos take at most `limit` GiB; logged when they do not"
+    one = trunk_views(model, cut, imgs, [0], 1)
+    gib = one.numel() * 2 * n * views / 2**30
+    if gib > limit:
+        log.info(f'arcface: the trunk cache would take {gib:.1f} GiB (> {limit:g}), so the fine-tune reads photos')
+    return gib <= limit
+
+
 # %% ../nbs/04_arcface.ipynb #435104a5
 def _split_rows(ids, train_idx, valid_idx):
     "Known train rows, their sorted ids, and the validation rows whose whale is among them"
@@ -317,17 +382,21 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
                                   aug_kw=info['aug_kw'])
     dls = _view_dls(rows, va, pv, labels, n, p.bs, dev) if frozen else photo_dls()
     margins = dynamic_margins(pd.Series(ids[tr]).value_counts()[vocab].values).repeat(2) if p.dynamic_margin else None
-    mk = lambda dls, frozen: arcface_learner(dls, model, s=p.arcface_s, m=p.arcface_m, margins=margins,
-                                             flip_ids=0 if frozen else n, mixed_precision=p.mixed_precision,
-                                             channels_last=p.channels_last, thaw=thaw_share(p.arcface_unfreeze),
-                                             path=Path(path or '.'))
+    mk = lambda dls, frozen, net=model, amp=p.mixed_precision: arcface_learner(
+        dls, net, s=p.arcface_s, m=p.arcface_m, margins=margins, flip_ids=0 if frozen else n, mixed_precision=amp,
+        channels_last=p.channels_last, thaw=thaw_share(p.arcface_unfreeze), path=Path(path or '.'))
     learn = mk(dls, frozen); learn.wk = info
     def score(learn):
         if learn.wk['frozen']:           # cached views: the whole training gallery is cheap to embed
             e = arcface_features(learn, imgs, tta=False, idxs=np.r_[va, tr])
             return retrieval_aps(cosine_sim(e[:len(va)], e[len(va):]), ids[va], ids[tr], p.reduce)
-        # photos: the validation ones against one centre per whale
-        s,_ = arcface_class_scores(learn, imgs, tta=False, idxs=va)
+        # photos, or their cached trunk outputs: the validation ones against one centre per whale
+        t = learn.wk.get('trunk')
+        if t is None: s,_ = arcface_class_scores(learn, imgs, tta=False, idxs=va)
+        else:
+            with eval_mode(learn.model):
+                e = torch.cat([learn.model.embed(x.to(dev)).float().cpu() for x in t['pv'][0, len(tr):].split(p.bs)])
+            s,_ = arcface_centre_scores(learn, e)
         return query_aps(s, vocab, ids[va])
     select = lambda **kw: SelectBest(score, patience=p.patience, z=p.select_z, **kw) if len(va) else None
     ep = plan_epochs(len(rows), p.bs, p.arcface_steps, p.arcface_epochs)
@@ -348,11 +417,21 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     if budget is not None and budget.left - reserve < 60 and not (fn_thaw is not None and fn_thaw.exists()):
         log.info(f'arcface: {budget.left:.0f}s left, no time to fine-tune the backbone'); return learn
     # 'auto': the frozen result is the fine-tune's step 0; the fine-tune is kept only if validation says it gains
-    tl = mk(photo_dls(), False); tl.wk = {**info, 'frozen':False}
+    cut = trunk_cut(model, thaw_share(p.arcface_unfreeze)) if p.arcface_trunk_views else 0
+    if cut and _trunk_fits(model, cut, imgs, len(tr) + len(va), p.arcface_trunk_views):
+        # the frozen trunk's outputs, cached: each step runs the thawed top only (fp32 on a CPU: 04_arcface)
+        u = np.r_[tr, va]; at = {r:i for i,r in enumerate(tr)}         # cache rows: the train photos, then validation
+        t = dict(cut=cut, rows=tr, pv=trunk_views(model, cut, imgs, u, p.arcface_trunk_views, info['aug_kw'], p.seed,
+                                                  bs=p.bs))
+        tl = mk(_view_dls([at[r] for r in rows], np.arange(len(tr), len(u)), t['pv'], labels[u], n, p.bs, dev), True,
+                TopNet(model, cut), p.mixed_precision and dev.type == 'cuda')
+        tl.wk = {**info, 'frozen':False, 'trunk':t}
+    else: cut = 0; tl = mk(photo_dls(), False); tl.wk = {**info, 'frozen':False}
     meta = {**meta, 'neck':learn.kept, 'ft_steps':p.arcface_ft_steps, 'ft_lr':p.arcface_ft_lr,
-            'unfreeze':p.arcface_unfreeze}
+            'unfreeze':p.arcface_unfreeze, 'trunk':cut}
     # a trial against a frozen model that already works: half the patience once its best epoch trails step 0 at all
     tl = fit_stages(tl, [Stage('thaw', ft, **thaw)], fn_thaw, budget, reserve, select(lost_z=0.), meta)
+    tl.model = model                                  # photos from here on
     tl.selectors,tl.fit_log = learn.selectors + [tl.selector],learn.fit_log + tl.fit_log
     # `choose` loaded the frozen result into the shared model: score it from the cache
     if tl.kept == 'step 0':
@@ -417,6 +496,15 @@ def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, t
         dls = _view_dls(rows, None, pv, labels, n, p.bs, dev)
         st = Stage('pseudo', plan_epochs(len(rows), p.bs, round(p.pseudo_round*p.arcface_steps),
                                          (1, p.arcface_epochs[1])), p.arcface_lr, 'backbone')
+    elif c.get('trunk') is not None and set(tr) <= set(c['trunk']['rows']):
+        # the fine-tune's trunk cache holds the train photos' views; the test photos' plain and mirrored ones join it
+        t = c['trunk']; at = {r:i for i,r in enumerate(t['rows'])}
+        ix = torch.as_tensor([at[r] for r in tr], dtype=torch.long)
+        pt = trunk_views(m, t['cut'], timgs, test_idx, 2, bs=p.bs)
+        pv = torch.cat([t['pv'][:, ix], pt[torch.arange(len(t['pv'])) % 2]], 1)
+        dls = _view_dls(rows, None, pv, labels, n, p.bs, dev)
+        st = Stage('pseudo', plan_epochs(len(rows), p.bs, round(p.pseudo_round*p.arcface_ft_steps),
+                                         (1, p.arcface_ft_epochs[1])), **_thaw(p))
     else:
         x = _Rows(imgs, tr, timgs, test_idx)
         dls = array_dls(x, names, rows, None, vocab=vocab, bs=p.bs, workers=p.workers, device=dev, aug_kw=c['aug_kw'])
@@ -424,13 +512,16 @@ def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, t
                                          (1, p.arcface_ft_epochs[1])), **_thaw(p))
     # the round trains a copy: when validation rejects it, the kept model is the one that was scored
     lf = learn.loss_func
-    new = arcface_learner(dls, copy.deepcopy(m), s=lf.s, m=lf.m, margins=lf.margins, easy_margin=lf.easy_margin,
-                          flip_ids=0 if c['frozen'] else n, mixed_precision=p.mixed_precision,
+    net = copy.deepcopy(m); top = isinstance(dls.train, ViewDL) and not c['frozen']
+    new = arcface_learner(dls, TopNet(net, c['trunk']['cut']) if top else net, s=lf.s, m=lf.m, margins=lf.margins,
+                          easy_margin=lf.easy_margin, flip_ids=0 if isinstance(dls.train, ViewDL) else n,
+                          mixed_precision=p.mixed_precision and not (top and dev.type == 'cpu'),
                           channels_last=p.channels_last, thaw=thaw_share(p.arcface_unfreeze), path=learn.path)
     new.wk = c
     meta = dict(vocab=vocab, arch=p.arch, frozen=c['frozen'], share=p.pseudo_round, seed=p.seed,
-                names=_key(list(names)), kept=getattr(learn, 'kept', None))
+                names=_key(list(names)), kept=getattr(learn, 'kept', None), trunk=top and c['trunk']['cut'])
     new = fit_stages(new, [st], None if path is None else Path(path)/'arcface_pseudo.pth', budget, reserve, None, meta)
+    new.model = net
     new.kept = (f"{getattr(learn, 'kept', None) or 'last'}, then a pseudo-label round "
                 f"({len(test_idx)} test photos, {st.epochs} epochs)")
     return new

@@ -67,6 +67,9 @@ class Preset:
     arcface_freeze_epochs:int = 1      # finetune: epochs with the backbone frozen before it thaws
     arcface_unfreeze:str|float = 1/3   # fine-tune: thaw 'all' of the backbone, its 'late' half, or this share of its
                                        # layer groups from the top (04_arcface)
+    arcface_trunk_views:int = 8        # fine-tune below 'all': the frozen trunk's outputs cached for this many views
+                                       # per photo, only the thawed top trained on them (fp32 on a CPU; 0: photos;
+                                       # 04_arcface)
     arcface_frozen_arch:str|tuple|None = ('efficientnet_lite0', 'efficientnet_lite1')   # 'auto', fine-tune not kept:
                                        # the frozen ArcFace moves to these backbones, side by side
                                        # (None: stays on `arch`; 04_arcface)
@@ -110,6 +113,8 @@ class Preset:
                                        # photos it can move, and needs 1/new_twins − 1 known validation photos (0: off)
     pseudo_round:float = 0.25          # ArcFace: a second round on the train plus confident test photos, this share of
                                        # the kept phase's steps; kept only when it gains (0: none)
+    pseudo_round_thawed:bool = False   # the round after a kept fine-tune too: a second fine-tune and a rescoring of
+                                       # every photo through the network (07_pipeline)
     centres:bool = True                # ArcFace: try whale scores averaged with the class-centre cosines; kept only
                                        # when it gains
     tta:bool = True                    # horizontal-flip test-time augmentation
@@ -150,6 +155,10 @@ class Preset:
         if u not in ('all', 'late') and not (share(u, True) and u > 0):
             raise ValueError(f"Preset.arcface_unfreeze must be 'all', 'late' or a share of the backbone in (0, 1], "
                              f"got {u!r}")
+        v = self.arcface_trunk_views
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f'Preset.arcface_trunk_views must be a count of views >= 0 (0: the fine-tune reads photos), '
+                             f'got {v!r}')
         if not share(self.pseudo_round, True):
             raise ValueError(f"Preset.pseudo_round must be a share of the kept phase's steps in [0, 1] (0: no round), "
                              f"got {self.pseudo_round!r}")
@@ -166,13 +175,13 @@ PRESETS = dict(
                     siamese_arch=None, arcface_frozen_arch=None, views=2, equalize=False,
                     arcface_ft_steps=30_000, arcface_ft_epochs=(8, 60), arcface_unfreeze='all', emb_dim=512,
                     siamese_mode='finetune', siamese_steps=20_000, siamese_epochs=(8, 60), siamese_feats=512,
-                    lap_blocks=4, patience=8, time_budget=11*60),
+                    lap_blocks=4, patience=8, pseudo_round_thawed=True, time_budget=11*60),
     full = Preset(name='full', arch='resnext101_32x8d', weights=None, size=(256,768), bs=64, workers=8, views=1,
                   equalize=False,
                   siamese_arch=None, arcface_frozen_arch=None, arcface_mode='finetune', arcface_ft_steps=100_000,
                   arcface_ft_epochs=(20, 200), arcface_unfreeze='all', emb_dim=512,
                   arcface_s=65., arcface_m=0.5, siamese_mode='finetune', siamese_steps=60_000, siamese_epochs=(20, 200),
-                  siamese_feats=512, lap_blocks=4, patience=20),
+                  siamese_feats=512, lap_blocks=4, patience=20, pseudo_round_thawed=True),
 )
 
 def get_preset(name:str='cpu', **overrides) -> Preset:

@@ -221,6 +221,11 @@ def _round_verdict(name, kept, best, info:dict, z:float) -> bool:
              f"(with {_extra(best) or 'no extra'}), paired gain {gain:+.4f} ± {se:.4f}")
     return keep
 
+def _round_due(spec, model, p:Preset) -> bool:
+    "Whether `model` gets a pseudo-label round: one is asked for, and it is frozen, or `pseudo_round_thawed`"
+    frozen = (getattr(model, 'wk', None) or {}).get('frozen', True)
+    return p.pseudo_round > 0 and spec.pseudo_fit is not None and (frozen or p.pseudo_round_thawed)
+
 def pseudo_round(spec, sc:Scored, split:Split, p:Preset, *, kept, plain, cands, imgs, crops, rescore, path=None,
                  budget=None, reserve=0.):
     "(`ModelScores`, `Scored`) of a second round of training on confident test photos if it beats `kept`, else None"
@@ -307,7 +312,7 @@ def score_model(name, imgs, split:Split|list, timgs, preset:Preset, *, path=None
         return (*extras(spec, sc, split, p, _maker(name, split, {**info, **extra}, t0, p.thr_prior)), sc)
     plain, cands, sc = rescore(model)
     ms = keep_best(name, plain, cands, p.select_z)   # an extra only when validation says so, beyond its noise
-    if p.pseudo_round > 0 and spec.pseudo_fit is not None and len(split.valid):
+    if _round_due(spec, model, p) and len(split.valid):
         r = pseudo_round(spec, sc, split, p, kept=ms, plain=plain, cands=cands, imgs=imgs, crops=crops, rescore=rescore,
                          path=path, budget=budget, reserve=reserve)
         if r is not None: ms, sc = r
@@ -424,7 +429,7 @@ def score_splits(name, imgs, splits:list, timgs, preset:Preset, *, path=None, bu
     log.info(f'{name}: {len(splits)} splits pooled, {len(plain.truth)} held-out photos ({n_known} of known whales); '
              f'kept {info["kept"]}')
     ms = keep_best(name, plain, cands, p.select_z)
-    if p.pseudo_round > 0 and spec.pseudo_fit is not None:
+    if all(_round_due(spec, m, p) for m in models):
         r = pooled_round(spec, scs, splits, p, kept=ms, per=per, cands=cands, imgs=imgs, crops=crops, t0=t0,
                          path=path, budget=budget)
         if r is not None: ms, scs = r
