@@ -126,14 +126,15 @@ def test_pseudo_round_trains_on_confident_test_photos_and_keeps_only_a_clear_gai
     assert pseudo_round(spec, sc, sp, p, kept=plain, plain=plain, cands=cands, imgs=imgs, crops=[test],
                         rescore=None, budget=late) is None and len(calls) == 2
 
-def test_a_fine_tuned_model_gets_its_round_only_where_the_preset_asks():
+def test_a_fine_tuned_model_gets_its_round_only_where_the_preset_asks(wklog):
     "The `cpu` preset rounds frozen models only (a thawed round is a second fine-tune plus a full rescoring); the GPU presets both"
     from types import SimpleNamespace
     from whale_kernel.pipeline import _round_due
-    spec = SimpleNamespace(pseudo_fit=lambda *a, **k: None); nofit = SimpleNamespace(pseudo_fit=None)
+    spec = SimpleNamespace(name='arcface', pseudo_fit=lambda *a, **k: None); nofit = SimpleNamespace(name='x', pseudo_fit=None)
     frozen, thawed, plain = SimpleNamespace(wk={'frozen': True}), SimpleNamespace(wk={'frozen': False}), SimpleNamespace()
     cpu, kaggle = get_preset('cpu'), get_preset('kaggle')
     assert not cpu.pseudo_round_thawed and kaggle.pseudo_round_thawed and get_preset('full').pseudo_round_thawed
     assert [_round_due(spec, m, cpu) for m in (frozen, thawed, plain)] == [True, False, True]
     assert [_round_due(spec, m, kaggle) for m in (frozen, thawed, plain)] == [True, True, True]
     assert not _round_due(spec, frozen, get_preset('cpu', pseudo_round=0.)) and not _round_due(nofit, frozen, cpu)
+    assert 'no pseudo-label round after a kept fine-tune' in wklog.text

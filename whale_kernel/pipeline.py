@@ -222,9 +222,11 @@ def _round_verdict(name, kept, best, info:dict, z:float) -> bool:
     return keep
 
 def _round_due(spec, model, p:Preset) -> bool:
-    "Whether `model` gets a pseudo-label round: one is asked for, and it is frozen, or `pseudo_round_thawed`"
-    frozen = (getattr(model, 'wk', None) or {}).get('frozen', True)
-    return p.pseudo_round > 0 and spec.pseudo_fit is not None and (frozen or p.pseudo_round_thawed)
+    "Whether `model` gets a pseudo-label round: one is asked for, and it is frozen, or `pseudo_round_thawed` (logged)"
+    if not (p.pseudo_round > 0 and spec.pseudo_fit is not None): return False
+    if (getattr(model, 'wk', None) or {}).get('frozen', True) or p.pseudo_round_thawed: return True
+    log.info(f'{spec.name}: no pseudo-label round after a kept fine-tune (`pseudo_round_thawed` is off)')
+    return False
 
 def pseudo_round(spec, sc:Scored, split:Split, p:Preset, *, kept, plain, cands, imgs, crops, rescore, path=None,
                  budget=None, reserve=0.):
