@@ -41,7 +41,7 @@ def main(argv=None):
     from whale_kernel.core import get_preset
     from whale_kernel.data import NEW_WHALE, array_dls, preset_aug
     from whale_kernel.arcface import (arcface_model, arcface_learner, dynamic_margins, oversample, thaw_share, _thaw,
-                                      trunk_cut, trunk_views, TopNet, _view_dls)
+                                      trunk_cut, TopNet, _trunk_dls)
     from whale_kernel.train import _set_freeze
     from whale_kernel.pipeline import quiet_bars
     p = get_preset('cpu')
@@ -61,12 +61,11 @@ def main(argv=None):
         model = arcface_model(p.arch, p.weights, len(vocab), p.emb_dim, p.arcface_k, pool='gem')
         cache_s = None
         if trunk:                  # as `fit_arcface` does it: the trunk's views once, then the top on them
-            cut = trunk_cut(model, thaw_share(u)); u_rows = np.r_[known, va]; at = {r:i for i,r in enumerate(known)}
+            cut = trunk_cut(model, thaw_share(u)); pos = {o:i for i,o in enumerate(vocab)}
             t = time.perf_counter()
-            pv = trunk_views(model, cut, imgs, u_rows, a.trunk_views, preset_aug(p), p.seed, bs=p.bs)
+            tdls, _ = _trunk_dls(model, cut, imgs, known, va, rows, np.array([pos.get(o, -1) for o in ids]), len(vocab),
+                                 a.trunk_views, preset_aug(p), p.seed, p.bs, 'cpu')
             cache_s = round(time.perf_counter() - t, 2)
-            lab = np.array([vocab.index(o) for o in ids[u_rows]])
-            tdls = _view_dls([at[r] for r in rows], np.arange(len(known), len(u_rows)), pv, lab, len(vocab), p.bs, 'cpu')
             net, fl = TopNet(model, cut), 0
         else: tdls, net, fl = dls, model, len(vocab)
         learn = arcface_learner(tdls, net, s=p.arcface_s, m=p.arcface_m, margins=margins, flip_ids=fl,

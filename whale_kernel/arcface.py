@@ -327,6 +327,13 @@ def _view_dls(rows, va, pv, labels, n_ids:int, bs:int, device) -> DataLoaders:
                               drop_last=len(rows) >= 2*bs),
                        ViewDL(va, pv=pv, labels=labels, n_ids=n_ids, bs=2*bs), device=device)
 
+def _trunk_dls(model:ArcFaceNet, cut:int, imgs, tr, va, rows, labels, n_ids:int, views:int, aug_kw:dict|None,
+               seed:int, bs:int, device) -> tuple:
+    "(loaders over the cached trunk outputs of train rows `tr` then validation rows `va`, the cache as `fit_arcface` keeps it)"
+    u = np.r_[tr, va]; at = {r:i for i,r in enumerate(tr)}         # cache rows: the train photos, then validation
+    t = dict(cut=cut, rows=np.asarray(tr), pv=trunk_views(model, cut, imgs, u, views, aug_kw, seed, bs=bs))
+    return _view_dls([at[r] for r in rows], np.arange(len(tr), len(u)), t['pv'], labels[u], n_ids, bs, device), t
+
 def thaw_share(unfreeze:str|float) -> float:
     "The share of the backbone's layer groups a fine-tune thaws, from the top: `'all'` 1, `'late'` ½, else `unfreeze`"
     return {'all': 1., 'late': .5}[unfreeze] if isinstance(unfreeze, str) else float(unfreeze)
@@ -420,11 +427,9 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
     cut = trunk_cut(model, thaw_share(p.arcface_unfreeze)) if p.arcface_trunk_views else 0
     if cut and _trunk_fits(model, cut, imgs, len(tr) + len(va), p.arcface_trunk_views):
         # the frozen trunk's outputs, cached: each step runs the thawed top only (fp32 on a CPU: 04_arcface)
-        u = np.r_[tr, va]; at = {r:i for i,r in enumerate(tr)}         # cache rows: the train photos, then validation
-        t = dict(cut=cut, rows=tr, pv=trunk_views(model, cut, imgs, u, p.arcface_trunk_views, info['aug_kw'], p.seed,
-                                                  bs=p.bs))
-        tl = mk(_view_dls([at[r] for r in rows], np.arange(len(tr), len(u)), t['pv'], labels[u], n, p.bs, dev), True,
-                TopNet(model, cut), p.mixed_precision and dev.type == 'cuda')
+        tdls, t = _trunk_dls(model, cut, imgs, tr, va, rows, labels, n, p.arcface_trunk_views, info['aug_kw'], p.seed,
+                             p.bs, dev)
+        tl = mk(tdls, True, TopNet(model, cut), p.mixed_precision and dev.type == 'cuda')
         tl.wk = {**info, 'frozen':False, 'trunk':t}
     else: cut = 0; tl = mk(photo_dls(), False); tl.wk = {**info, 'frozen':False}
     meta = {**meta, 'neck':learn.kept, 'ft_steps':p.arcface_ft_steps, 'ft_lr':p.arcface_ft_lr,
