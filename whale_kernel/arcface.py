@@ -26,7 +26,7 @@ from .data import NEW_WHALE, array_dls, aug_tfms, img_batches, preset_aug
 from .metrics import query_aps
 from .backbone import create_backbone, weights_tag
 from .train import (backbone_splitter, to_device_precision, Stage, fit_stages, SelectBest, features,
-                                cosine_sim, pooled_views, retrieval_aps, plan_epochs, eval_mode, pca_whitening,
+                                cosine_sim, pooled_views, aug_views, retrieval_aps, plan_epochs, eval_mode, pca_whitening,
                                 identity_bn, _key, frozen_size, amp_dtype, fold_bn, _probe)
 
 # %% auto #0
@@ -292,13 +292,8 @@ def trunk_views(model:ArcFaceNet, cut:int, imgs, idxs=None, views:int=2, aug_kw:
     out, state = [], torch.get_rng_state()
     with eval_mode(trunk), fold_bn(trunk, _probe(trunk, imgs, idxs, dev), on=dev.type == 'cpu'):
         for v in range(views):
-            torch.manual_seed(seed*1000 + v)
-            if v < 2: fs = [run(x) for x in img_batches(imgs, idxs, bs=bs, device=dev, flip=v == 1)]
-            else:
-                fs = []
-                for i in range(0, len(idxs), bs):
-                    x = aug(TensorImage(torch.from_numpy(np.array(imgs[idxs[i:i+bs]])).permute(0,3,1,2).to(dev)))
-                    fs.append(run(x.flip(3) if v % 2 else x))
+            fs = [run(x) for x in (img_batches(imgs, idxs, bs=bs, device=dev, flip=v == 1) if v < 2 else
+                                   aug_views(imgs, v, aug, idxs, bs=bs, device=dev, seed=seed))]
             out.append(torch.cat(fs) if fs else run(torch.zeros(1, 3, *imgs.shape[1:3], device=dev))[:0])
     torch.set_rng_state(state)
     return torch.stack(out)

@@ -28,7 +28,7 @@ from .metrics import reduce_by_id, query_aps
 __all__ = ['cpu_bf16', 'amp_mode', 'amp_dtype', 'CPUAutocast', 'to_device_precision', 'backbone_splitter', 'save_checkpoint',
            'load_checkpoint', 'load_opt_state', 'Checkpoint', 'BudgetCallback', 'paired_gain', 'beats', 'from_rank0',
            'SelectBest', 'Stage', 'fit_stages', 'eval_mode', 'fold_bn', 'features', 'cosine_sim', 'frozen_size',
-           'pooled_views', 'pca_whitening', 'identity_bn', 'retrieval_aps', 'plan_epochs']
+           'aug_views', 'pooled_views', 'pca_whitening', 'identity_bn', 'retrieval_aps', 'plan_epochs']
 
 # %% ../nbs/03b_train.ipynb #9d4befeb
 def cpu_bf16() -> bool:
@@ -417,6 +417,15 @@ def frozen_size(backbone:nn.Module, hw, res:str|None='native') -> tuple|None:
     H,W = hw; s = side/math.sqrt(H*W)
     return (round(H*s), round(W*s)) if s > 1 else None     # never down: a larger cache keeps its detail
 
+def aug_views(imgs, v:int, aug:Pipeline, idxs=None, bs:int=64, device=None, seed:int=0):
+    "Batches (B,3,H,W) of augmented view `v` ≥ 2 of rows `idxs` of uint8 `imgs`, seeded by `seed` and `v`, odd `v` mirrored"
+    idxs = np.arange(len(imgs)) if idxs is None else np.asarray(idxs, dtype=int)
+    torch.manual_seed(seed*1000 + v)
+    for i in range(0, len(idxs), bs):
+        x = aug(TensorImage(torch.from_numpy(np.array(imgs[idxs[i:i+bs]])).permute(0,3,1,2).to(device or 'cpu')))
+        x = x.as_subclass(torch.Tensor)
+        yield x.flip(3) if v % 2 else x
+
 @torch.no_grad()
 def pooled_views(backbone:nn.Module, imgs, views:int=2, aug_kw:dict|None=None, bs:int=64, size=None, seed:int=0,
                  device=None, cache_dir=None, tag:str='') -> torch.Tensor:
@@ -441,12 +450,7 @@ def pooled_views(backbone:nn.Module, imgs, views:int=2, aug_kw:dict|None=None, b
             out[:2] = list(f.view(len(f), min(views, 2), -1).transpose(0, 1))
         for v in range(2, views):
             if out[v] is not None: continue
-            torch.manual_seed(seed*1000 + v); fs = []
-            for i in range(0, len(imgs), bs):
-                x = aug(TensorImage(torch.from_numpy(np.array(imgs[i:i+bs])).permute(0,3,1,2).to(dev)))
-                x = x.as_subclass(torch.Tensor)
-                fs.append(_embed_batch(head, x.flip(3) if v % 2 else x, dev))
-            out[v] = torch.cat(fs)
+            out[v] = torch.cat([_embed_batch(head, x, dev) for x in aug_views(imgs, v, aug, bs=bs, device=dev, seed=seed)])
     torch.set_rng_state(torch_state)
     for o,fn,new in zip(out, fns, fresh):
         if fn is not None and new: _save(o.contiguous(), fn)
