@@ -166,3 +166,64 @@ def test_pooled_round_trains_every_split_and_is_judged_pooled(monkeypatch, wklog
     calls.clear(); off = sm(1e9)
     assert len(calls) == 3 and off.info['pseudo_round'] is None and 'not kept' in wklog.text
     assert not np.allclose(off.test.values, kept.test.values)
+
+def _fitted(kept_epoch, gains, base=0.5, seed=0):
+    "A split model as `fit_stages` leaves it: a one-weight model, its selector's step 0 (weight 0) and best epoch 2 (weight 1)"
+    import torch
+    m = SimpleNamespace(model=torch.nn.Linear(1, 1, bias=False))
+    b = np.full(len(gains), base); e = b + np.asarray(gains, float)
+    sel = SimpleNamespace(learn=m, best_i=2, hist=[b, b, e], base=b, best_sd={'weight': torch.ones(1, 1)},
+                          base_sd={'weight': torch.zeros(1, 1)}, curve=np.array([b.mean(), b.mean(), e.mean()]))
+    m.selector, m.kept = sel, ('epoch 2' if kept_epoch else 'step 0') + ' on lite0'
+    m.model.load_state_dict(sel.best_sd if kept_epoch else sel.base_sd); m.model.requires_grad_(False)
+    return m
+
+def test_pooled_verdict_overrules_a_lucky_split(wklog):
+    "One split's best epoch wins on its ten photos by luck and loses on two others': every split keeps step 0"
+    lucky = _fitted(True, [0.5]*10)                       # +0.5 on each of its ten photos: kept on its own
+    rest = [_fitted(False, [-0.3]*8 + [0.2]*2) for _ in range(2)]
+    assert P.beats(lucky.selector.hist[2], lucky.selector.base)[0]
+    ms = [lucky] + rest
+    assert P.pooled_verdict('toy', ms, 1.) == [0]
+    assert [m.kept for m in ms] == ['step 0 on lite0']*3 and float(lucky.model.weight) == 0.
+    assert 'step 0 everywhere (split 0 switched)' in wklog.text
+
+def test_pooled_verdict_keeps_what_only_the_pooled_photos_can_see(wklog):
+    "A gain of 0.1 a photo too noisy to clear one split's ten photos clears thirty: every split keeps its best epoch"
+    g = [0.45, -0.25]*5                                    # mean +0.1, SE 0.12 on ten photos: no split keeps it alone
+    ms = [_fitted(False, g) for _ in range(3)]
+    assert not P.beats(ms[0].selector.hist[2], ms[0].selector.base)[0]
+    assert P.pooled_verdict('toy', ms, 1.) == [0, 1, 2]
+    assert all(m.kept == 'epoch 2 on lite0' and float(m.model.weight) == 1. for m in ms)
+    assert P.pooled_verdict('toy', ms, 1.) == []           # settled: a second look changes nothing
+    assert P.pooled_verdict('toy', ms[:1], 1.) == []       # one split decides for itself
+
+def test_pooled_verdict_leaves_models_of_different_kinds_alone():
+    "A kept fine-tune, a model without a selector, or splits on different backbones: no common verdict"
+    ft = _fitted(False, [0.5]*10); ft.kept = 'step 0, then fine-tune epoch 4'
+    assert P.pooled_verdict('toy', [ft, _fitted(False, [0.5]*10)], 1.) == []
+    assert P.pooled_verdict('toy', [SimpleNamespace(kept='-'), _fitted(False, [0.5]*10)], 1.) == []
+    other = _fitted(False, [0.5]*10); other.kept = 'step 0 on lite1'
+    assert P.pooled_verdict('toy', [_fitted(False, [0.5]*10), other], 1.) == []
+
+def test_score_model_rescores_the_splits_the_pooled_verdict_switches(monkeypatch, wklog):
+    "Through `score_model`: split 0's lucky epoch is overruled, and its held-out photos are scored by its step 0"
+    df, imgs, test = _toy_set()
+    splits = [Split(df.Id.values, m, list(df.Image[m]), [f't{i}' for i in range(len(test))])
+              for m in valid_splits(df, 3, seed=0)]
+    made = []
+    def fit(imgs, ids, train, valid_idx=None, **kw):
+        m = _fitted(len(made) == 0, [0.5]*len(valid_idx) if not made else [-0.3]*len(valid_idx)); made.append(m)
+        return m
+    def feats(model, imgs, tta=True, idxs=None):          # the weight moves every photo: step 0 and epoch 2 differ
+        return _feats(model, imgs, tta, idxs) + 3*float(model.model.weight)
+    monkeypatch.setitem(P.MODELS, 'toy', ModelSpec('toy', fit, feats, _sim))
+    p = get_preset('cpu', pseudo=False, rerank=False, thr_prior=0., new_twins=0.)
+    ms = P.score_model('toy', imgs, splits, test, p)
+    assert ms.info['kept'] == 'step 0 on lite0' and 'split 0 switched' in wklog.text
+    def one(kept_epoch):                                  # split 0 alone, its model at epoch 2 or at step 0
+        monkeypatch.setitem(P.MODELS, 'toy', ModelSpec('toy', lambda *a, **k: _fitted(kept_epoch, [0.]), feats, _sim))
+        return P.score_model('toy', imgs, splits[0], test, p).valid.values
+    n0 = len(splits[0].valid)
+    np.testing.assert_allclose(ms.valid.values[:n0], one(False), rtol=1e-6)
+    assert not np.allclose(ms.valid.values[:n0], one(True))

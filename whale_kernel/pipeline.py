@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_pipeline.ipynb #c4804fa8
 from __future__ import annotations
-import dataclasses, hashlib, json, math, os, shutil, sys, time
+import dataclasses, hashlib, json, math, os, re, shutil, sys, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +28,8 @@ from .siamese import fit_siamese, siamese_features, siamese_similarity
 # %% auto #0
 __all__ = ['MODELS', 'ModelSpec', 'Split', 'Scored', 'fit_model', 'score_views', 'extras', 'keep_best', 'pseudo_round',
            'new_whale_twins', 'score_model', 'valid_splits', 'n_splits', 'pool', 'pooled_round', 'pooled_twins',
-           'score_splits', 'EpochLines', 'quiet_bars', 'RunError', 'run', 'Photos', 'read_photos', 'equalized',
-           'make_split', 'make_splits', 'gate', 'blend_members', 'fit_all', 'choose_equalize', 'summarize']
+           'pooled_verdict', 'score_splits', 'EpochLines', 'quiet_bars', 'RunError', 'run', 'Photos', 'read_photos',
+           'equalized', 'make_split', 'make_splits', 'gate', 'blend_members', 'fit_all', 'choose_equalize', 'summarize']
 
 # %% ../nbs/07_pipeline.ipynb #a9fc8181
 @dataclass(frozen=True)
@@ -414,6 +414,32 @@ def pooled_twins(spec, scs:list, ms, imgs, splits:list, p:Preset):
                       f'the held-out photos of {len(splits)} splits, each against its training new_whale photos; '
                       f'test photos against all {len(splits[0].new)}, their leans averaged over the splits')
 
+_VERDICT = re.compile(r'^(step 0|epoch \d+)(?!.*then fine-tune)')
+
+def _verdict_of(m):
+    "The `SelectBest` behind `m`'s last choice between step 0 and its best epoch, with both weights at hand; else None"
+    s, kept = getattr(m, 'selector', None), str(getattr(m, 'kept', None) or '')
+    if s is None or getattr(s, 'learn', None) is not m or not _VERDICT.match(kept): return None
+    if s.best_i is None or s.base is None or s.best_sd is None or s.base_sd is None: return None
+    return s if set(s.base_sd) == set(m.model.state_dict()) else None
+
+def pooled_verdict(name, models:list, z:float) -> list:
+    "Every split model to its best epoch, or every one to step 0, as their pooled held-out photos say; the splits switched"
+    sels = [_verdict_of(m) for m in models]
+    if len(models) < 2 or any(s is None for s in sels): return []
+    if len({_VERDICT.sub('', str(m.kept)) for m in models}) > 1: return []   # not the same kind of model on every split
+    keep,g,se = beats(np.concatenate([s.hist[s.best_i] for s in sels]), np.concatenate([s.base for s in sels]), z)
+    switched = []
+    for r,(m,s) in enumerate(zip(models, sels)):
+        want = f'epoch {s.best_i}' if keep else 'step 0'
+        if _VERDICT.match(str(m.kept)).group(1) == want: continue
+        m.model.load_state_dict(s.best_sd if keep else s.base_sd); m.kept = _VERDICT.sub(want, str(m.kept), count=1)
+        switched.append(r)
+    log.info(f"{name}: each split's best epoch against its step 0 on the {sum(len(s.base) for s in sels)} pooled "
+             f"held-out photos: {g:+.4f} ± {se:.4f}, so {'each split keeps its best epoch' if keep else 'step 0 everywhere'}"
+             + (f" (split{'s' if len(switched) > 1 else ''} {', '.join(map(str, switched))} switched)" if switched else ''))
+    return switched
+
 def score_splits(name, imgs, splits:list, timgs, preset:Preset, *, path=None, budget=None, cache_dir=None):
     "`ModelScores` of model `name` fitted on each of `splits`, every choice made on their pooled held-out photos"
     t0, spec, p = time.monotonic(), MODELS[name], preset
@@ -425,6 +451,9 @@ def score_splits(name, imgs, splits:list, timgs, preset:Preset, *, path=None, bu
                           cache_dir=cache_dir)
         sc = score_views(spec, model, imgs, crops, split, p); scs.append(sc); models.append(model)
         per.append(extras(spec, sc, split, p, _maker(name, split, _fit_info(model), t0, p.thr_prior)))
+    for r in pooled_verdict(name, models, p.select_z):     # a split whose own verdict the pooled photos overrule
+        scs[r] = score_views(spec, models[r], imgs, crops, splits[r], p)
+        per[r] = extras(spec, scs[r], splits[r], p, _maker(name, splits[r], _fit_info(models[r]), t0, p.thr_prior))
     info = {**per[0][0].info, 'kept': _kept(models), 'splits': len(splits)}
     plain, cands = _pool_extras(name, per, splits, time.monotonic() - t0, info, p.thr_prior)
     n_known = int(_known(plain).sum())
