@@ -172,7 +172,7 @@ def _fitted(kept_epoch, gains, base=0.5, seed=0):
     import torch
     m = SimpleNamespace(model=torch.nn.Linear(1, 1, bias=False))
     b = np.full(len(gains), base); e = b + np.asarray(gains, float)
-    sel = SimpleNamespace(learn=m, best_i=2, hist=[b, b, e], base=b, best_sd={'weight': torch.ones(1, 1)},
+    sel = SimpleNamespace(best_i=2, hist=[b, b, e], base=b, best_sd={'weight': torch.ones(1, 1)},
                           base_sd={'weight': torch.zeros(1, 1)}, curve=np.array([b.mean(), b.mean(), e.mean()]))
     m.selector, m.kept = sel, ('epoch 2' if kept_epoch else 'step 0') + ' on lite0'
     m.model.load_state_dict(sel.best_sd if kept_epoch else sel.base_sd); m.model.requires_grad_(False)

@@ -419,7 +419,7 @@ _VERDICT = re.compile(r'^(step 0|epoch \d+)(?!.*then fine-tune)')
 def _verdict_of(m):
     "The `SelectBest` behind `m`'s last choice between step 0 and its best epoch, with both weights at hand; else None"
     s, kept = getattr(m, 'selector', None), str(getattr(m, 'kept', None) or '')
-    if s is None or getattr(s, 'learn', None) is not m or not _VERDICT.match(kept): return None
+    if s is None or not _VERDICT.match(kept): return None
     if s.best_i is None or s.base is None or s.best_sd is None or s.base_sd is None: return None
     return s if set(s.base_sd) == set(m.model.state_dict()) else None
 
