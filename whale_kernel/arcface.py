@@ -329,6 +329,10 @@ def _trunk_dls(model:ArcFaceNet, cut:int, imgs, tr, va, rows, labels, n_ids:int,
     t = dict(cut=cut, rows=np.asarray(tr), pv=trunk_views(model, cut, imgs, u, views, aug_kw, seed, bs=bs))
     return _view_dls([at[r] for r in rows], np.arange(len(tr), len(u)), t['pv'], labels[u], n_ids, bs, device), t
 
+def _amp(p:Preset, device, top:bool=False) -> bool:
+    "Mixed precision for a learner, off for the top on cached trunk outputs on a CPU (fp32 steps run faster there)"
+    return p.mixed_precision and not (top and torch.device(device).type == 'cpu')
+
 def thaw_share(unfreeze:str|float) -> float:
     "The share of the backbone's layer groups a fine-tune thaws, from the top: `'all'` 1, `'late'` ½, else `unfreeze`"
     return {'all': 1., 'late': .5}[unfreeze] if isinstance(unfreeze, str) else float(unfreeze)
@@ -424,7 +428,7 @@ def fit_arcface(imgs, ids, train_idx, valid_idx=None, preset:Preset|str|None=Non
         # the frozen trunk's outputs, cached: each step runs the thawed top only (fp32 on a CPU: 04_arcface)
         tdls, t = _trunk_dls(model, cut, imgs, tr, va, rows, labels, n, p.arcface_trunk_views, info['aug_kw'], p.seed,
                              p.bs, dev)
-        tl = mk(tdls, True, TopNet(model, cut), p.mixed_precision and dev.type == 'cuda')
+        tl = mk(tdls, True, TopNet(model, cut), _amp(p, dev, top=True))
         tl.wk = {**info, 'frozen':False, 'trunk':t}
     else: cut = 0; tl = mk(photo_dls(), False); tl.wk = {**info, 'frozen':False}
     meta = {**meta, 'neck':learn.kept, 'ft_steps':p.arcface_ft_steps, 'ft_lr':p.arcface_ft_lr,
@@ -515,7 +519,7 @@ def arcface_pseudo_round(learn:Learner, imgs, ids, train_idx, timgs, test_idx, t
     net = copy.deepcopy(m); top = isinstance(dls.train, ViewDL) and not c['frozen']
     new = arcface_learner(dls, TopNet(net, c['trunk']['cut']) if top else net, s=lf.s, m=lf.m, margins=lf.margins,
                           easy_margin=lf.easy_margin, flip_ids=0 if isinstance(dls.train, ViewDL) else n,
-                          mixed_precision=p.mixed_precision and not (top and dev.type == 'cpu'),
+                          mixed_precision=_amp(p, dev, top),
                           channels_last=p.channels_last, thaw=thaw_share(p.arcface_unfreeze), path=learn.path)
     new.wk = c
     meta = dict(vocab=vocab, arch=p.arch, frozen=c['frozen'], share=p.pseudo_round, seed=p.seed,
