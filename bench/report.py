@@ -308,8 +308,8 @@ def main():
                       ('default_run', sec_default), ('default_run_parts', sec_default_parts), ('finetune_step', sec_finetune_step), ('small_sets', sec_small), ('dogs_seeds', sec_dogs_seeds), ('whitening', sec_whitening),
                       ('blend_rules', sec_blend_rules)]:
         rs = load(name) + (load('small_sets_whiten_all') + load('small_sets_pooled') + load('small_sets_t3v4') + load('small_sets_tr8')
-                            + load('small_sets_pv')
-                            if name == 'small_sets' else [])   # the same draws: whitened on every photo; pooled twins and round; top third thawed, four Siamese views; trunk cache; pooled verdict
+                            + load('small_sets_pv') + load('small_sets_ft')
+                            if name == 'small_sets' else [])   # the same draws: whitened on every photo; pooled twins and round; top third thawed, four Siamese views; trunk cache; pooled verdict; fine-tune rate 1e-2 and α near 1
         if name == 'blend_rules': rs += load('blend_rules_dogs')                            # the dog faces' whole runs
         if rs or name == 'rehearsal': L += sec(rs) + ['']
         else: L += [f'## {name}', '', f'(no results yet: `python bench/{name}.py`)', '']

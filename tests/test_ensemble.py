@@ -143,6 +143,29 @@ def test_blend_does_not_depend_on_the_order_of_its_members():
     for r in rs[1:]: np.testing.assert_allclose(r.test.align(IDS).values, rs[0].test.align(IDS).values, rtol=1e-6)
     assert sorted(rs[0].info['weights'].values()) == pytest.approx([.3, .3, .4])   # as near equal as the grid allows
 
+@pytest.mark.parametrize('seed,alpha', [(2, 1.), (7, 2.)])
+def test_blend_takes_alpha_one_among_near_ties(seed, alpha):
+    "Not clearly beaten by the best and nearest equal weights, α nearest 1 (the weighted mean) wins, unless below the best member"
+    truth = _truth(seed=seed)
+    ms = [_model('a', 2.5, seed, truth=truth), _model('b', 2., seed + 1, scale=7., truth=truth)]
+    r = blend(ms, z=10.)                                # every candidate within 10 SE of the best counts as near
+    at = {a: m for w,a,m in r.info['search'] if w == {'a': .5, 'b': .5}}
+    assert r.info['weights'] == {'a': .5, 'b': .5} and r.info['alpha'] == alpha, (r.info['weights'], r.info['alpha'], at)
+    assert at[2.] > at[1.]                              # the best-scoring α at these weights is 2, not 1
+    assert (at[1.] >= max(m.map_valid for m in ms)) == (alpha == 1.)   # seed 7: α 1 is below member a, so 2 stands
+
+def test_blend_leaves_equal_weights_only_for_a_clear_gain():
+    "z = 0: the best candidate on validation; a bar no gain clears: equal weights at α 1; the default sits between"
+    truth = _truth(seed=4)
+    ms = [_model('a', 2.5, 4, truth=truth), _model('b', 2., 5, scale=7., truth=truth), _model('c', 1., 6, truth=truth)]
+    best, even = blend(ms, z=0.), blend(ms, z=50.)
+    top = max(m for _,_,m in best.info['search'])
+    assert best.map_valid == pytest.approx(top, abs=1e-4) and sorted(best.info['weights'].values()) != pytest.approx([.3, .3, .4])
+    assert sorted(even.info['weights'].values()) == pytest.approx([.3, .3, .4]) and even.info['alpha'] == 1.
+    assert even.map_valid < top                                     # equal weights score lower, but not clearly so
+    mid = blend(ms)
+    assert even.map_valid - 1e-9 <= mid.map_valid <= top + 1e-4
+
 def test_blend_of_one_and_bad_splits():
     a = _model('a', 3., 0)
     assert blend([a]) is a

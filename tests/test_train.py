@@ -238,7 +238,7 @@ def test_select_best_cuts_a_curve_that_lost_ground():
     climb = [np.r_[np.ones(k), np.zeros(20 - k)] for k in range(1, 11)]   # below BASE until epoch 9, a new best every epoch
     trained = {}
     for name,curve in [('lost', [low]*10), ('level', [BASE]*10), ('climbing', climb)]:
-        learn, p = tiny_learner(), Probe(); sel = _select(curve, patience=4)
+        learn, p = tiny_learner(), Probe(); sel = _select(curve, patience=4, warm=0.)     # lost: counted from epoch 0
         fit_stages(learn, [Stage('a', 10, 1e-2)], select=sel, cbs=[p]); trained[name] = p.trained
         assert sel.patience_now() == (2 if name == 'lost' else 4)
     assert trained['lost'] == [0, 1, 2]                              # best at epoch 0, no gain for 2
@@ -246,8 +246,25 @@ def test_select_best_cuts_a_curve_that_lost_ground():
     assert trained['climbing'] == list(range(10))
     trail = BASE.copy(); trail[1] = 0                                # 0.05 ± 0.05 below step 0: 1 SE, lost only for lost_z < 1
     for lost_z,want in [(2., [0, 1, 2, 3, 4]), (0., [0, 1, 2])]:
-        learn, p = tiny_learner(), Probe(); sel = _select([trail]*10, patience=4, lost_z=lost_z)
+        learn, p = tiny_learner(), Probe(); sel = _select([trail]*10, patience=4, lost_z=lost_z, warm=0.)
         fit_stages(learn, [Stage('a', 10, 1e-2)], select=sel, cbs=[p]); assert p.trained == want
+
+def test_select_best_waits_for_the_rate_to_peak():
+    "Lost ground counts from the epoch in which the one-cycle rate peaks: a fine-tune's dip while it rises is not cut"
+    low = np.zeros(20)                                               # far below step 0: lost ground, patience halved
+    curve = [low]*4 + [BIG]*8                                        # the climb starts once the rate has peaked
+    runs = {}
+    for warm in (0., .25):
+        learn, p = tiny_learner(), Probe(); sel = _select(curve, patience=4, lost_z=0., warm=warm)
+        fit_stages(learn, [Stage('a', 12, 1e-2)], select=sel, cbs=[p]); runs[warm] = (p.trained, learn.kept)
+    assert runs[0.] == ([0, 1, 2], 'step 0')                         # cut two epochs after epoch 0, in the rate's rise
+    assert runs[.25][0][:6] == [0, 1, 2, 3, 4, 5] and runs[.25][1] == 'epoch 4'   # peak in epoch 3 of 12: the climb is seen
+    learn, p = tiny_learner(), Probe(); sel = _select([low]*12, patience=4, lost_z=0.)
+    fit_stages(learn, [Stage('a', 12, 1e-2)], select=sel, cbs=[p])
+    assert p.trained == [0, 1, 2, 3, 4, 5] and learn.kept == 'step 0'   # no climb: cut 2 epochs after the peak (epoch 3)
+    learn, p = tiny_learner(), Probe(); sel = _select([BASE]*12, patience=4)
+    fit_stages(learn, [Stage('a', 12, 1e-2)], select=sel, cbs=[p])
+    assert p.trained == [0, 1, 2, 3, 4]                              # level with step 0: the full patience, from epoch 0
 
 def test_select_best_survives_a_kill(tmp_path):
     fn = tmp_path/'ck.pth'; curve = [SMALL, BIG, SMALL, SMALL]

@@ -63,7 +63,7 @@ class Preset:
     arcface_lr:float = 3e-4            # neck + head learning rate
     arcface_ft_steps:int = 300         # backbone fine-tune ('finetune', 'auto') optimizer steps
     arcface_ft_epochs:tuple = (3, 14)  # floor and ceiling of the fine-tune's epochs
-    arcface_ft_lr:float = 3e-3         # fine-tune rate of the late layers (early ones: /10)
+    arcface_ft_lr:float = 1e-2         # fine-tune rate of the late layers (early ones: /10; 04_arcface)
     arcface_freeze_epochs:int = 1      # finetune: epochs with the backbone frozen before it thaws
     arcface_unfreeze:str|float = 1/3   # fine-tune: thaw 'all' of the backbone, its 'late' half, or this share of its
                                        # layer groups from the top (04_arcface)
@@ -172,13 +172,14 @@ class Preset:
 PRESETS = dict(
     cpu = Preset(),
     kaggle = Preset(name='kaggle', arch='efficientnet_lite2', weights='offline', pixels=256*512, bs=48, workers=4,
-                    siamese_arch=None, arcface_frozen_arch=None, views=2, equalize=False,
+                    siamese_arch=None, arcface_frozen_arch=None, views=2, equalize=False, arcface_ft_lr=3e-3,
                     arcface_ft_steps=30_000, arcface_ft_epochs=(8, 60), arcface_unfreeze='all', emb_dim=512,
                     siamese_mode='finetune', siamese_steps=20_000, siamese_epochs=(8, 60), siamese_feats=512,
                     lap_blocks=4, patience=8, pseudo_round_thawed=True, time_budget=11*60),
     full = Preset(name='full', arch='resnext101_32x8d', weights=None, size=(256,768), bs=64, workers=8, views=1,
                   equalize=False,
-                  siamese_arch=None, arcface_frozen_arch=None, arcface_mode='finetune', arcface_ft_steps=100_000,
+                  siamese_arch=None, arcface_frozen_arch=None, arcface_mode='finetune', arcface_ft_lr=3e-3,
+                  arcface_ft_steps=100_000,
                   arcface_ft_epochs=(20, 200), arcface_unfreeze='all', emb_dim=512,
                   arcface_s=65., arcface_m=0.5, siamese_mode='finetune', siamese_steps=60_000, siamese_epochs=(20, 200),
                   siamese_feats=512, lap_blocks=4, patience=20, pseudo_round_thawed=True),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 from .data import NEW_WHALE
-from .metrics import best_threshold, query_aps, ratio_threshold
+from .metrics import best_threshold, query_aps, ratio_threshold, beats
 
 # %% auto #0
 __all__ = ['ScoreMatrix', 'calibrate', 'to_prob', 'shrunk', 'ModelScores', 'topk_mean', 'csls', 'power_mean', 'blend']
@@ -166,7 +166,7 @@ def power_mean(ps, w, alpha:float) -> np.ndarray:
     "Σ wᵢ·Pᵢ^`alpha` of probability matrices `ps`"
     return sum(wi * np.power(p, alpha) for wi,p in zip(w, ps) if wi > 0)
 
-def blend(scores:list, step:float=0.1, alphas=(0.25, 0.5, 1., 2.), tol:float=0.01,
+def blend(scores:list, step:float=0.1, alphas=(0.25, 0.5, 1., 2.), z:float=1.,
           weights=None, alpha=None, prior:float=0.) -> ModelScores:
     "Power-mean blend of `ModelScores` (aligned by id), weights and α searched on validation unless given"
     if len(scores) == 1: return scores[0]
@@ -189,12 +189,17 @@ def blend(scores:list, step:float=0.1, alphas=(0.25, 0.5, 1., 2.), tol:float=0.0
         for w,a in cands:
             thr,m = best_threshold(power_mean(pv, w, a), ids, truth)
             res.append((m, -float(np.square(w - 1/len(w)).sum()), w, a, thr))    # squared distance to equal weights
-        best = max(r[0] for r in res)
-        floor = max([best - tol] + [r[0] for r in res if (r[2] > 0).sum() == 1])   # never below the best single model
-        # last tie-break: the same whatever the caller's order
-        by_name = np.argsort([s.name for s in scores], kind='stable')
-        m,_,w,a,thr = max([r for r in res if r[0] >= floor - 1e-9],
-                          key=lambda r: (round(r[1], 12), r[0], tuple(r[2][by_name])))
+        # the simplest candidate the best does not beat by `z` SEs (paired, per photo), never below the best single model:
+        # simpler is nearer equal weights (squared distance), then α nearer 1, the plain weighted mean
+        simple = lambda r: (round(r[1], 12), -abs(math.log(r[3])))
+        by_name = np.argsort([s.name for s in scores], kind='stable')   # last tie-break: whatever the caller's order
+        reps = {}                                                        # each degree of simplicity: its best candidate
+        for r in res:
+            k = simple(r)
+            if k not in reps or (r[0], tuple(r[2][by_name])) > (reps[k][0], tuple(reps[k][2][by_name])): reps[k] = r
+        best = max(res, key=lambda r: r[0]); aps = lambda r: query_aps(power_mean(pv, r[2], r[3]), ids, truth, r[4])
+        floor, top = max((r[0] for r in res if (r[2] > 0).sum() == 1), default=-math.inf), aps(best)
+        m,_,w,a,thr = max((r for r in reps.values() if r[0] >= floor - 1e-9 and not beats(top, aps(r), z)[0]), key=simple)
         thr,m = shrunk(thr, m, power_mean(pv, w, a), power_mean(pt, w, a), ids, truth, prior)
     info = dict(weights={s.name: round(float(wi), 3) for s,wi in zip(scores, w)}, alpha=a,
                 search=[(dict(zip([s.name for s in scores], map(float, r[2]))), r[3], round(r[0], 4)) for r in res])

@@ -4,6 +4,7 @@
 
 # %% ../nbs/03_metrics.ipynb #e6e18e71
 from __future__ import annotations
+import math
 from pathlib import Path
 import numpy as np, pandas as pd
 from .core import OneLine
@@ -11,7 +12,7 @@ from .data import NEW_WHALE, read_csv_checked, CompetitionError
 
 # %% auto #0
 __all__ = ['apk5', 'map5', 'reduce_by_id', 'predict_top5', 'ratio_threshold', 'query_aps', 'threshold_curve', 'best_threshold',
-           'SubmissionError', 'write_submission', 'check_submission', 'score_submission']
+           'paired_gain', 'beats', 'SubmissionError', 'write_submission', 'check_submission', 'score_submission']
 
 # %% ../nbs/03_metrics.ipynb #3072e4b0
 def _labels(p):
@@ -96,6 +97,17 @@ def best_threshold(scores, ids, truth, thrs=None, smooth:int=9):
           if smooth > 1 and len(m) > smooth else m)
     i = int(np.argmax(ms))
     return float(t[i]), float(m[i])
+
+# %% ../nbs/03_metrics.ipynb #902f00b5
+def paired_gain(a, b) -> tuple:
+    "Mean and standard error of the per-photo difference `a` − `b` (paired AP@5 arrays)"
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return float(d.mean()) if len(d) else 0., float(d.std(ddof=1)/math.sqrt(len(d))) if len(d) > 1 else math.inf
+
+def beats(a, b, z:float=1.) -> tuple:
+    "Whether per-photo AP@5 `a` beats `b` by over `z` SEs of the paired difference; with the gain and its SE"
+    g,se = paired_gain(a, b)
+    return g > z*se, g, se
 
 # %% ../nbs/03_metrics.ipynb #70d1a225
 class SubmissionError(OneLine, ValueError):

@@ -19,7 +19,7 @@ from .data import (NEW_WHALE, CompetitionError, read_competition, merge_duplicat
                                auto_size)
 from .metrics import reduce_by_id, predict_top5, write_submission, score_submission, query_aps
 from .ensemble import ScoreMatrix, ModelScores, blend, topk_mean, csls, to_prob
-from .train import beats
+from .metrics import beats
 from .ddp import ddp_procs, fit_ddp
 from .knn import fit_knn, knn_features, knn_similarity
 from .arcface import fit_arcface, arcface_features, arcface_similarity, arcface_centre_scores, arcface_pseudo_round
@@ -640,10 +640,10 @@ def gate(res:list, z:float, base:str='knn') -> tuple:
         else: out[m.name] = (g, se)
     return ins, out
 
-def blend_members(res:list, z:float, prior:float=0.) -> ModelScores:
+def blend_members(res:list, z:float, prior:float=0., select_z:float=1.) -> ModelScores:
     "The power-mean `blend` of the models `gate` lets in (weight 0 for the others, named in `info['left_out']`)"
     ins, out = gate(res, z)
-    ens = blend(ins, prior=prior)
+    ens = blend(ins, prior=prior, z=select_z)       # weights and α: the simplest the best does not beat by `select_z` SE
     if len(ins) == 1 and len(res) > 1:             # the kNN alone: a one-member blend, said as such
         ens = dataclasses.replace(ens, name=f'blend({ens.name})', info=dict(alpha=1.))
     if len(res) > 1:
@@ -662,7 +662,7 @@ def fit_all(models, ph:Photos, splits:list, p:Preset, out:Path, budget:TimeBudge
         print(f'{name}: validation MAP@5 = {_fmt(s.map_valid)} (kept {kept}, {s.secs:.0f}s)', flush=True)
         res.append(s)
         subs[name] = write_submission(out/f'submission_{name}.csv', tnames, predict_top5(s.pt, s.test.ids, s.thr))
-        ens = blend_members(res, p.gate_z, p.thr_prior)       # the blend of what has finished so far
+        ens = blend_members(res, p.gate_z, p.thr_prior, p.select_z)       # the blend of what has finished so far
         if name in ens.info.get('left_out', {}):
             g = ens.info['left_out'][name]
             log.info(f"{name}: left out of the blend, its paired validation gain over the kNN {g['gain']:+.4f} ± "

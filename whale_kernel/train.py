@@ -22,13 +22,13 @@ from timm.models import group_parameters
 from timm.layers import BatchNormAct2d
 from .core import TimeBudget, log
 from .data import img_batches, aug_tfms
-from .metrics import reduce_by_id, query_aps
+from .metrics import reduce_by_id, query_aps, paired_gain, beats
 
 # %% auto #0
 __all__ = ['cpu_bf16', 'amp_mode', 'amp_dtype', 'CPUAutocast', 'to_device_precision', 'backbone_splitter', 'save_checkpoint',
-           'load_checkpoint', 'load_opt_state', 'Checkpoint', 'BudgetCallback', 'paired_gain', 'beats', 'from_rank0',
-           'SelectBest', 'Stage', 'fit_stages', 'eval_mode', 'fold_bn', 'features', 'cosine_sim', 'frozen_size',
-           'aug_views', 'pooled_views', 'pca_whitening', 'identity_bn', 'retrieval_aps', 'plan_epochs']
+           'load_checkpoint', 'load_opt_state', 'Checkpoint', 'BudgetCallback', 'from_rank0', 'SelectBest', 'Stage',
+           'fit_stages', 'eval_mode', 'fold_bn', 'features', 'cosine_sim', 'frozen_size', 'aug_views', 'pooled_views',
+           'pca_whitening', 'identity_bn', 'retrieval_aps', 'plan_epochs']
 
 # %% ../nbs/03b_train.ipynb #9d4befeb
 def cpu_bf16() -> bool:
@@ -147,16 +147,6 @@ class BudgetCallback(Callback):
             self.learn.halted = 'replan'; raise CancelFitException()
 
 # %% ../nbs/03b_train.ipynb #a75ff932
-def paired_gain(a, b) -> tuple:
-    "Mean and standard error of the per-photo difference `a` − `b` (paired AP@5 arrays)"
-    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    return float(d.mean()) if len(d) else 0., float(d.std(ddof=1)/math.sqrt(len(d))) if len(d) > 1 else math.inf
-
-def beats(a, b, z:float=1.) -> tuple:
-    "Whether per-photo AP@5 `a` beats `b` by over `z` SEs of the paired difference; with the gain and its SE"
-    g,se = paired_gain(a, b)
-    return g > z*se, g, se
-
 def from_rank0(x):
     "`x` as DDP rank 0 has it (as is outside a process group of two or more): every rank decides on the same figures"
     import torch.distributed as dist
@@ -167,8 +157,9 @@ def from_rank0(x):
 class SelectBest(Callback):
     "Score validation with `score(learn)` (per-photo AP@5) per epoch; keep the best smoothed one, stop after `patience`"
     order = 85
-    def __init__(self, score, patience:int=6, z:float=1., window:int=3, eps:float=1e-4, lost_z:float=2.):
-        store_attr('score,patience,z,window,eps,lost_z')
+    def __init__(self, score, patience:int=6, z:float=1., window:int=3, eps:float=1e-4, lost_z:float=2.,
+                 warm:float=0.25):
+        store_attr('score,patience,z,window,eps,lost_z,warm')
         self.hist,self.best,self.best_i,self.best_sd,self.base,self.base_sd = [],-math.inf,None,None,None,None
         self.stopped,self.best_fn = False,None
 
@@ -201,6 +192,11 @@ class SelectBest(Callback):
                 and beats(self.base, self.hist[self.best_i], self.lost_z)[0])
         return max(1, self.patience//2) if lost else self.patience
 
+    def peak_i(self, i:int) -> int:
+        "History index of the epoch in which the fit's one-cycle rate peaks (`warm`: fastai's `pct_start`), epoch `i` now"
+        ep, n = getattr(self.learn, 'epoch', None), getattr(self.learn, 'n_epoch', None)
+        return -1 if ep is None or n is None else i - ep + int(self.warm*n)
+
     def before_train(self): self.trained = True
     def after_epoch(self):
         if not getattr(self, 'trained', False): return
@@ -211,7 +207,10 @@ class SelectBest(Callback):
         if sm > self.best + self.eps:
             self.best,self.best_i,self.best_sd = sm,i,self._snap()
             if self.best_fn is not None: _save(dict(model=self.best_sd), self.best_fn)   # survives a kill
-        elif i - self.best_i >= (pat := self.patience_now()):
+            return
+        pat = self.patience_now()
+        since = max(self.best_i, self.peak_i(i)) if pat < self.patience else self.best_i   # lost: from the rate's peak
+        if i - since >= pat:
             log.info(f'early stop: no gain for {pat} epochs (best smoothed {self.best:.4f} at epoch {self.best_i}'
                      f'{", below step 0" if pat < self.patience else ""})')
             # `BudgetCallback` ends the fit once `Checkpoint` has saved
