@@ -5,9 +5,10 @@ from fastai.callback.core import Callback
 from whale_kernel.core import TimeBudget
 from whale_kernel.backbone import create_backbone
 from whale_kernel.train import (amp_mode, amp_dtype, cpu_bf16, CPUAutocast, to_device_precision, backbone_splitter, save_checkpoint, load_checkpoint,
-                                load_opt_state, BudgetCallback, paired_gain, SelectBest, Stage, fit_stages, eval_mode,
+                                load_opt_state, BudgetCallback, SelectBest, Stage, fit_stages, eval_mode,
                                 features, cosine_sim, pooled_views, pca_whitening, identity_bn, retrieval_aps, plan_epochs)
 from whale_kernel.data import img_batches
+from whale_kernel.metrics import paired_gain
 from test_utils import toy_whales, tiny_learner, state, same_state
 
 torch.set_num_threads(1)

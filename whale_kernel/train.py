@@ -22,7 +22,7 @@ from timm.models import group_parameters
 from timm.layers import BatchNormAct2d
 from .core import TimeBudget, log
 from .data import img_batches, aug_tfms
-from .metrics import reduce_by_id, query_aps, paired_gain, beats
+from .metrics import reduce_by_id, query_aps, beats
 
 # %% auto #0
 __all__ = ['cpu_bf16', 'amp_mode', 'amp_dtype', 'CPUAutocast', 'to_device_precision', 'backbone_splitter', 'save_checkpoint',
